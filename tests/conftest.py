@@ -1,0 +1,23 @@
+"""Shared fixtures: a small synthetic Swedish corpus, built once per test session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+# Tests are offline: never let a stray Hub id reach the network.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+SV_CORPUS_CLIPS = 60
+
+
+@pytest.fixture(scope="session")
+def sv_corpus(tmp_path_factory) -> Path:
+    """A 60-clip synthetic corpus in the Common Voice layout (train 48 / dev 6 / test 6)."""
+    from whisper_sv.synth import SynthConfig, synthesize
+
+    return synthesize(tmp_path_factory.mktemp("sv-synth"), SynthConfig(clips=SV_CORPUS_CLIPS, seed=7), workers=2)
