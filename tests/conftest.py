@@ -21,3 +21,15 @@ def sv_corpus(tmp_path_factory) -> Path:
     from whisper_sv.synth import SynthConfig, synthesize
 
     return synthesize(tmp_path_factory.mktemp("sv-synth"), SynthConfig(clips=SV_CORPUS_CLIPS, seed=7), workers=2)
+
+
+@pytest.fixture(scope="session")
+def sv_stores(sv_corpus, tmp_path_factory) -> dict[str, Path]:
+    """Feature stores of the corpus's train (48 clips) and dev (6 clips) splits, packaged tokenizer."""
+    from whisper_sv.features import FeatureConfig, build_features
+
+    root = tmp_path_factory.mktemp("stores")
+    config = FeatureConfig(shard_size=16)
+    for split in ("train", "dev"):
+        build_features(f"cv:{sv_corpus}", split, root / split, config, workers=1, progress=False)
+    return {"train": root / "train", "dev": root / "dev"}

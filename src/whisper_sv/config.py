@@ -1,0 +1,163 @@
+"""One JSON preset plus ``--key value`` overrides: the whole configuration of a training run.
+
+A preset is flat JSON. Keys that `TrainConfig` declares belong to the toolkit (model, data, run
+folder, freezing, SpecAugment, ...); every other key must be a `Seq2SeqTrainingArguments` field
+(``max_steps``, ``learning_rate``, ...) and is passed through. A typo is an error that names the
+closest real key, not a silently ignored setting. The CLI, the notebooks and the search all build
+their config here, and the resolved config is written into every run folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .models import DEFAULT_MODEL
+
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+
+# Defaults this toolkit sets on Seq2SeqTrainingArguments unless the preset says otherwise.
+TRAINING_DEFAULTS: dict[str, Any] = {
+    "per_device_train_batch_size": 16,
+    "per_device_eval_batch_size": 16,
+    "learning_rate": 1e-5,
+    "warmup_steps": 500,
+    "max_steps": 4000,
+    "eval_strategy": "steps",
+    "eval_steps": 1000,
+    "save_strategy": "steps",
+    "save_steps": 1000,
+    "save_total_limit": 3,
+    "logging_steps": 25,
+    "predict_with_generate": True,
+    "generation_max_length": 225,
+    "metric_for_best_model": "wer",
+    "greater_is_better": False,
+    "report_to": "none",
+    "remove_unused_columns": False,  # the collator needs n_frames and pad_value
+    "label_names": ["labels"],
+    "seed": 42,
+}
+
+
+@dataclass
+class TrainConfig:
+    """The toolkit's own keys; `training` holds the Seq2SeqTrainingArguments keys."""
+
+    output_dir: str
+    train_data: str  # feature store folder (whisper-sv features --out)
+    eval_data: str | None = None  # feature store folder; no evaluation when None
+    model: str = DEFAULT_MODEL  # Hub id, folder, packaged:whisper-base or random:tiny
+    freeze_encoder: bool = False  # train the decoder only: faster, and enough to adapt to a domain
+    # SpecAugment, Whisper's own implementation (WhisperConfig mask_time_*/mask_feature_*).
+    apply_spec_augment: bool = False
+    mask_time_prob: float = 0.05
+    mask_time_length: int = 10
+    mask_feature_prob: float = 0.0
+    mask_feature_length: int = 10
+    precision: str = "auto"  # auto: bf16 where the GPU has it, else fp16 on CUDA, fp32 on CPU
+    early_stopping_patience: int | None = None  # evaluations without a better WER before stopping
+    max_train_samples: int | None = None  # use the first N rows of the train store
+    max_eval_samples: int | None = None  # use the first N rows of the eval store
+    figure: str | None = "img/train.png"  # loss/WER curves; also written into the run folder
+    push_to_hub: bool = False  # upload final/ with a model card carrying the WER (model-index)
+    hub_model_id: str | None = None
+    training: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision={self.precision!r}: use one of {PRECISIONS}")
+        if not 0 <= self.mask_time_prob <= 1 or not 0 <= self.mask_feature_prob <= 1:
+            raise ValueError("mask_time_prob and mask_feature_prob are probabilities in [0, 1]")
+        if self.early_stopping_patience is not None and not self.eval_data:
+            raise ValueError("early_stopping_patience needs eval_data: early stopping watches the eval WER")
+        if self.push_to_hub and not self.hub_model_id:
+            raise ValueError("push_to_hub needs hub_model_id (e.g. your-name/whisper-small-sv)")
+        unknown = set(self.training) - training_argument_names()
+        if unknown:
+            raise ValueError(_unknown_message(sorted(unknown)))
+
+    def training_arguments(self) -> dict[str, Any]:
+        """The Seq2SeqTrainingArguments kwargs: toolkit defaults, then the preset's values."""
+        args = {**TRAINING_DEFAULTS, **self.training, "output_dir": self.output_dir}
+        if not self.eval_data:
+            args["eval_strategy"] = "no"
+            args.pop("metric_for_best_model", None)
+        if self.early_stopping_patience is not None:
+            args["load_best_model_at_end"] = True
+        return args
+
+    def to_dict(self) -> dict[str, Any]:
+        """Flat form, as in a preset file."""
+        flat = {k: v for k, v in dataclasses.asdict(self).items() if k != "training"}
+        return {**flat, **self.training}
+
+
+def toolkit_keys() -> set[str]:
+    return {f.name for f in dataclasses.fields(TrainConfig)} - {"training"}
+
+
+def training_argument_names() -> set[str]:
+    from transformers import Seq2SeqTrainingArguments
+
+    return {f.name for f in dataclasses.fields(Seq2SeqTrainingArguments) if f.init}
+
+
+def _unknown_message(unknown: list[str]) -> str:
+    known = sorted(toolkit_keys() | training_argument_names())
+    hints = []
+    for key in unknown:
+        close = difflib.get_close_matches(key, known, n=1)
+        hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    return (
+        f"unknown config key(s): {', '.join(hints)}; keys are TrainConfig fields or "
+        "Seq2SeqTrainingArguments names"
+    )
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """``["--max_steps", "10", "--freeze-encoder", "true"]`` -> ``{"max_steps": 10, "freeze_encoder": True}``.
+
+    Values are read as JSON when they parse (numbers, true/false, null, lists) and as strings
+    otherwise; dashes in keys become underscores.
+    """
+    out: dict[str, Any] = {}
+    it = iter(pairs)
+    for key in it:
+        if not key.startswith("--"):
+            raise ValueError(f"expected --key value, got {key!r}")
+        name, eq, value = key[2:].partition("=")
+        if not eq:
+            value = next(it, None)
+            if value is None:
+                raise ValueError(f"--{name} needs a value")
+        try:
+            out[name.replace("-", "_")] = json.loads(value)
+        except json.JSONDecodeError:
+            out[name.replace("-", "_")] = value
+    return out
+
+
+def build_config(values: dict[str, Any]) -> TrainConfig:
+    """A `TrainConfig` from flat preset values; missing required keys are named."""
+    own = {k: v for k, v in values.items() if k in toolkit_keys()}
+    missing = [k for k in ("output_dir", "train_data") if k not in own]
+    if missing:
+        raise ValueError(f"config lacks {missing}: set them in the preset or with --{missing[0]} VALUE")
+    return TrainConfig(**own, training={k: v for k, v in values.items() if k not in toolkit_keys()})
+
+
+def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """Read a preset (or none) and apply overrides on top."""
+    values: dict[str, Any] = {}
+    if path is not None:
+        try:
+            values = json.loads(Path(path).read_text())
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}: not valid JSON ({err})") from err
+    values.update(overrides or {})
+    return build_config(values)

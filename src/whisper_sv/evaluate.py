@@ -1,0 +1,150 @@
+"""Score a model on a split: the JSON report and per-utterance CSV of DESIGN.md.
+
+Data is a feature store folder (the exact inputs training saw) or a source spec (``cv:``/``hf:``),
+decoded with the shared loader and turned into features by the same `log_mel` as the store, so a
+figure from either path means the same thing. Generation is batched, greedy by default, with
+Swedish and transcription forced.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import time
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from .audio import CHUNK_LENGTH
+from .logmel import log_mel, pad_features
+from .metrics import normalize_sv, wer_report
+from .models import DEFAULT_MODEL, LANGUAGE, TASK, load_model
+from .sources import iter_clips
+
+BATCH_SIZE = 16
+
+
+def _is_feature_store(data: str) -> bool:
+    return (Path(data) / "feature_config.json").is_file()
+
+
+def iter_inputs(data: str, split: str, n_mels: int, skipped: list[dict]) -> Iterator[tuple[str, str, np.ndarray]]:
+    """``(id, reference, features (n_mels, 3000) float32)`` from a feature store or a source spec.
+
+    Clips that cannot be scored (unreadable, over 30 s) are appended to `skipped` with the reason.
+    """
+    if _is_feature_store(data):
+        from .features import FeatureStore
+
+        for row in FeatureStore(data).dataset():
+            compact = np.asarray(row["input_features"], dtype=np.float32).reshape(n_mels, -1)
+            yield row["path"], row["sentence"], pad_features(compact, row["n_frames"], row["pad_value"])
+        return
+    for clip in iter_clips(data, split, max_seconds=CHUNK_LENGTH):
+        if clip.error is not None:
+            skipped.append({"id": clip.id, "reason": clip.error})
+            continue
+        compact, n_frames, pad_value = log_mel(clip.audio, n_mels)
+        yield clip.id, clip.sentence, pad_features(compact, n_frames, pad_value)
+
+
+def generate_texts(model, processor, features: np.ndarray, beam_size: int = 1, max_new_tokens: int = 440) -> list[str]:
+    """Greedy (or beam) transcripts of a (B, n_mels, 3000) batch, Swedish forced."""
+    import torch
+
+    inputs = torch.from_numpy(np.ascontiguousarray(features)).to(model.device, model.dtype)
+    with torch.inference_mode():
+        ids = model.generate(inputs, language=LANGUAGE, task=TASK, num_beams=beam_size, max_new_tokens=max_new_tokens)
+    return [t.strip() for t in processor.batch_decode(ids, skip_special_tokens=True)]
+
+
+def evaluate(
+    model: str = DEFAULT_MODEL,
+    data: str = "",
+    split: str = "test",
+    out: str | Path | None = None,
+    batch_size: int = BATCH_SIZE,
+    beam_size: int = 1,
+    max_samples: int | None = None,
+    device: str | None = None,
+) -> dict:
+    """Transcribe `split` of `data` with `model`; returns (and writes to `out`) the report.
+
+    Report: ``wer``, ``wer_ortho``, ``cer`` (fractions), ``n``, ``skipped``, ``model``, ``data``,
+    ``split``, ``seconds``. Beside ``out`` (``report.json``) goes ``report.csv`` with
+    id, reference, hypothesis and their normalised forms, one row per utterance.
+    """
+    import torch
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    t0 = time.perf_counter()
+    net, processor = load_model(model, device=device)
+    n_mels = net.config.num_mel_bins
+    skipped: list[dict] = []
+    rows: list[dict] = []
+    batch: list[tuple[str, str, np.ndarray]] = []
+
+    def flush():
+        texts = generate_texts(net, processor, np.stack([f for _, _, f in batch]), beam_size)
+        rows.extend({"id": i, "reference": r, "hypothesis": h} for (i, r, _), h in zip(batch, texts))
+        batch.clear()
+
+    with tqdm(desc=f"evaluate {Path(str(data)).name or data}:{split}", unit="utt") as bar:
+        for item in iter_inputs(data, split, n_mels, skipped):
+            batch.append(item)
+            if len(batch) == batch_size:
+                flush()
+                bar.update(batch_size)
+            if max_samples and len(rows) + len(batch) >= max_samples:
+                break
+        if batch:
+            bar.update(len(batch))
+            flush()
+    if not rows:
+        raise ValueError(f"no utterances could be scored in {data}:{split} ({len(skipped)} skipped)")
+    report = {
+        **wer_report([r["reference"] for r in rows], [r["hypothesis"] for r in rows]),
+        "skipped": skipped, "model": model, "data": str(data), "split": split,
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
+    if out is not None:
+        write_report(report, rows, Path(out))
+    return report
+
+
+def write_report(report: dict, rows: list[dict], out: Path) -> None:
+    """``out`` (JSON) and ``out`` with .csv (per utterance), each written atomically."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(report, indent=2, ensure_ascii=False))
+    os.replace(tmp, out)
+    csv_path = out.with_suffix(".csv")
+    tmp = csv_path.with_suffix(".csv.tmp")
+    with tmp.open("w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, ["id", "reference", "hypothesis", "reference_norm", "hypothesis_norm"])
+        w.writeheader()
+        for r in rows:
+            w.writerow({**r, "reference_norm": normalize_sv(r["reference"]), "hypothesis_norm": normalize_sv(r["hypothesis"])})
+    os.replace(tmp, csv_path)
+
+
+def add_cli(sub) -> None:
+    """Register ``whisper-sv evaluate``."""
+    p = sub.add_parser("evaluate", help="WER / orthographic WER / CER of a model on a split")
+    p.add_argument("--model", default=DEFAULT_MODEL, help="model spec (default %(default)s)")
+    p.add_argument("--data", required=True, help="feature store folder, or a source spec (cv:PATH, hf:ID[:CONFIG])")
+    p.add_argument("--split", default="test", help="split of a source spec (default %(default)s)")
+    p.add_argument("--out", default=None, help="report JSON path (a .csv of utterances goes beside it)")
+    p.add_argument("--batch-size", type=int, default=BATCH_SIZE)
+    p.add_argument("--beam-size", type=int, default=1)
+    p.add_argument("--max-samples", type=int, default=None, help="score only the first N utterances")
+    p.set_defaults(func=_run_cli)
+
+
+def _run_cli(args) -> int:
+    report = evaluate(args.model, args.data, args.split, args.out, args.batch_size, args.beam_size, args.max_samples)
+    print(json.dumps({k: v for k, v in report.items() if k != "skipped"} | {"skipped": len(report["skipped"])}, ensure_ascii=False))
+    return 0

