@@ -25,14 +25,25 @@ from .models import DEFAULT_MODEL, LANGUAGE, TASK, load_model
 from .sources import iter_clips
 
 BATCH_SIZE = 16
+# Generation budget: no real speech reaches 10 tokens a second, so this cuts only runaway loops
+# (a hallucinating clip would otherwise hold its whole batch for 440 decoder steps); a clipped
+# loop still counts as the insertions it made.
+TOKENS_PER_SECOND = 10
+MIN_NEW_TOKENS = 16
+MAX_NEW_TOKENS = 440  # 448 decoder positions minus the prefix
+
+
+def token_budget(n_frames: int) -> int:
+    """``max_new_tokens`` for a clip of `n_frames` mel frames (100 per second)."""
+    return min(MAX_NEW_TOKENS, MIN_NEW_TOKENS + -(-TOKENS_PER_SECOND * n_frames // 100))
 
 
 def _is_feature_store(data: str) -> bool:
     return (Path(data) / "feature_config.json").is_file()
 
 
-def iter_inputs(data: str, split: str, n_mels: int, skipped: list[dict]) -> Iterator[tuple[str, str, np.ndarray]]:
-    """``(id, reference, features (n_mels, 3000) float32)`` from a feature store or a source spec.
+def iter_inputs(data: str, split: str, n_mels: int, skipped: list[dict]) -> Iterator[tuple[str, str, np.ndarray, int]]:
+    """``(id, reference, features (n_mels, 3000) float32, n_frames)`` from a store or a source spec.
 
     Clips that cannot be scored (unreadable, over 30 s) are appended to `skipped` with the reason.
     """
@@ -41,17 +52,17 @@ def iter_inputs(data: str, split: str, n_mels: int, skipped: list[dict]) -> Iter
 
         for row in FeatureStore(data).dataset():
             compact = np.asarray(row["input_features"], dtype=np.float32).reshape(n_mels, -1)
-            yield row["path"], row["sentence"], pad_features(compact, row["n_frames"], row["pad_value"])
+            yield row["path"], row["sentence"], pad_features(compact, row["n_frames"], row["pad_value"]), row["n_frames"]
         return
     for clip in iter_clips(data, split, max_seconds=CHUNK_LENGTH):
         if clip.error is not None:
             skipped.append({"id": clip.id, "reason": clip.error})
             continue
         compact, n_frames, pad_value = log_mel(clip.audio, n_mels)
-        yield clip.id, clip.sentence, pad_features(compact, n_frames, pad_value)
+        yield clip.id, clip.sentence, pad_features(compact, n_frames, pad_value), n_frames
 
 
-def generate_texts(model, processor, features: np.ndarray, beam_size: int = 1, max_new_tokens: int = 440) -> list[str]:
+def generate_texts(model, processor, features: np.ndarray, beam_size: int = 1, max_new_tokens: int = MAX_NEW_TOKENS) -> list[str]:
     """Greedy (or beam) transcripts of a (B, n_mels, 3000) batch, Swedish forced."""
     import torch
 
@@ -82,14 +93,16 @@ def evaluate(
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     t0 = time.perf_counter()
     net, processor = load_model(model, device=device)
+    net.generation_config.max_length = None  # each batch gets max_new_tokens from token_budget
     n_mels = net.config.num_mel_bins
     skipped: list[dict] = []
     rows: list[dict] = []
-    batch: list[tuple[str, str, np.ndarray]] = []
+    batch: list[tuple[str, str, np.ndarray, int]] = []
 
     def flush():
-        texts = generate_texts(net, processor, np.stack([f for _, _, f in batch]), beam_size)
-        rows.extend({"id": i, "reference": r, "hypothesis": h} for (i, r, _), h in zip(batch, texts))
+        budget = token_budget(max(b[3] for b in batch))
+        texts = generate_texts(net, processor, np.stack([b[2] for b in batch]), beam_size, budget)
+        rows.extend({"id": i, "reference": r, "hypothesis": h} for (i, r, _, _), h in zip(batch, texts))
         batch.clear()
 
     with tqdm(desc=f"evaluate {Path(str(data)).name or data}:{split}", unit="utt") as bar:

@@ -47,9 +47,13 @@ class SpeechCollator:
     which reproduces WhisperFeatureExtractor. ``labels``: (B, L) int64, padding masked with -100;
     the leading ``<|startoftranscript|>`` is dropped because the model prepends it when it shifts
     the labels right (the transformers speech recipe does the same).
+
+    With `encoder_cache` (a frozen encoder's outputs, see encoder_cache.py), rows that carry a
+    ``cache_row`` get ``encoder_outputs`` from the cache instead of ``input_features``.
     """
 
     decoder_start_token_id: int
+    encoder_cache: np.ndarray | None = None
 
     def __call__(self, rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
         import torch
@@ -60,6 +64,10 @@ class SpeechCollator:
             batch[i, : len(ids)] = torch.from_numpy(ids)
         if bool((batch[:, 0] == self.decoder_start_token_id).all()):
             batch = batch[:, 1:]
+        if self.encoder_cache is not None and "cache_row" in rows[0]:
+            states = np.stack([self.encoder_cache[r["cache_row"]] for r in rows]).astype(np.float32)
+            # A tuple, as the model takes it: a bare tensor would be indexed as [0] = first clip.
+            return {"encoder_outputs": (torch.from_numpy(states),), "labels": batch}
         return {"input_features": collate_features(rows), "labels": batch}
 
 
@@ -302,6 +310,14 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     _save_resolved_config(cfg, run_dir)
     # 2. model
     model, processor = prepare_model(cfg, feature_config)
+    cache = None
+    if cfg.cache_encoder_outputs:
+        from .encoder_cache import build_encoder_cache, cache_key
+        from .features import FeatureStore
+
+        key = cache_key(cfg.model, [r["sha256"] for r in FeatureStore(cfg.train_data).manifest], len(train_ds))
+        cache = build_encoder_cache(model, train_ds, run_dir / "encoder_cache", key)
+        train_ds = train_ds.remove_columns(["input_features"]).add_column("cache_row", list(range(len(train_ds))))
     # 3. where to start
     set_aside_incomplete(run_dir)
     done = complete_checkpoints(run_dir)
@@ -321,7 +337,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         args=args,
         train_dataset=train_ds,
         eval_dataset=eval_ds,
-        data_collator=SpeechCollator(model.config.decoder_start_token_id),
+        data_collator=SpeechCollator(model.config.decoder_start_token_id, cache),
         compute_metrics=make_compute_metrics(processor.tokenizer) if eval_ds is not None else None,
         processing_class=processor,
         callbacks=callbacks,
