@@ -159,3 +159,41 @@ def test_train_evaluates_writes_final_card_curves_and_refuses_foreign_features(s
         train(load_config(None, {**cfg.to_dict(), "eval_data": str(smoothed)}))
     with pytest.raises(ValueError, match="start a new output_dir"):
         train(load_config(None, {**cfg.to_dict(), "train_data": str(smoothed), "eval_data": None}))
+
+
+@pytest.mark.parametrize("kind", ["states", "cross_kv"])
+def test_encoder_cache_gives_the_same_loss_as_the_features(sv_stores, tmp_path, kind):
+    """Training on the cache is training on the same model: equal loss to fp16 rounding."""
+    import torch
+
+    from whisper_sv.encoder_cache import build_encoder_cache, freeze_cross_attention_kv
+    from whisper_sv.features import FeatureStore
+    from whisper_sv.models import load_model
+
+    model, _ = load_model("random:tiny")
+    model.freeze_encoder()
+    if kind == "cross_kv":
+        freeze_cross_attention_kv(model)
+    data = FeatureStore(sv_stores["dev"]).dataset()
+    cache = build_encoder_cache(model, data, tmp_path / "cache", key="k", kind=kind, batch_size=4)
+    assert cache.shape[0] == len(data) and (tmp_path / "cache" / "cache.json").is_file()
+    rows = [dict(data[i], cache_row=i) for i in range(len(data))]
+    start = model.config.decoder_start_token_id
+    plain = SpeechCollator(start)([{k: v for k, v in r.items() if k != "cache_row"} for r in rows])
+    cached = SpeechCollator(start, cache, kind)(rows)
+    assert "input_features" not in cached
+    model.train()
+    with torch.no_grad():
+        expected = model(**plain).loss.item()
+        got = model(**cached).loss.item()
+    assert got == pytest.approx(expected, rel=2e-3)
+    # A finished cache is reused as it is; a different key rebuilds it.
+    again = build_encoder_cache(model, data, tmp_path / "cache", key="k", kind=kind)
+    np.testing.assert_array_equal(np.asarray(again), np.asarray(cache))
+
+
+def test_encoder_cache_needs_a_frozen_encoder():
+    with pytest.raises(ValueError, match="needs freeze_encoder"):
+        build_config({"output_dir": "r", "train_data": "f", "encoder_cache": "states"})
+    with pytest.raises(ValueError, match="encoder_cache="):
+        build_config({"output_dir": "r", "train_data": "f", "encoder_cache": "all", "freeze_encoder": True})

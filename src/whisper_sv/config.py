@@ -53,9 +53,10 @@ class TrainConfig:
     eval_data: str | None = None  # feature store folder; no evaluation when None
     model: str = DEFAULT_MODEL  # Hub id, folder, packaged:whisper-base or random:tiny
     freeze_encoder: bool = False  # train the decoder only: faster, and enough to adapt to a domain
-    # With the encoder frozen (and no SpecAugment), compute its outputs once per training clip
-    # and train the decoder on them: the encoder is most of a CPU step (encoder_cache.py).
-    cache_encoder_outputs: bool = False
+    # With the encoder frozen (and no SpecAugment), compute its work once per training clip:
+    # "states" caches its outputs, "cross_kv" also freezes and caches the decoder's
+    # cross-attention keys/values (encoder_cache.py). The encoder is most of a CPU step.
+    encoder_cache: str | None = None
     # SpecAugment, Whisper's own implementation (WhisperConfig mask_time_*/mask_feature_*).
     apply_spec_augment: bool = False
     mask_time_prob: float = 0.05
@@ -76,9 +77,11 @@ class TrainConfig:
             raise ValueError(f"precision={self.precision!r}: use one of {PRECISIONS}")
         if not 0 <= self.mask_time_prob <= 1 or not 0 <= self.mask_feature_prob <= 1:
             raise ValueError("mask_time_prob and mask_feature_prob are probabilities in [0, 1]")
-        if self.cache_encoder_outputs and (not self.freeze_encoder or self.apply_spec_augment):
+        if self.encoder_cache not in (None, "states", "cross_kv"):
+            raise ValueError(f"encoder_cache={self.encoder_cache!r}: use null, \"states\" or \"cross_kv\"")
+        if self.encoder_cache and (not self.freeze_encoder or self.apply_spec_augment):
             raise ValueError(
-                "cache_encoder_outputs needs freeze_encoder=true and apply_spec_augment=false: "
+                "encoder_cache needs freeze_encoder=true and apply_spec_augment=false: "
                 "only a frozen encoder fed the same features gives the same outputs every epoch"
             )
         if self.early_stopping_patience is not None and not self.eval_data:

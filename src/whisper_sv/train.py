@@ -48,12 +48,13 @@ class SpeechCollator:
     the leading ``<|startoftranscript|>`` is dropped because the model prepends it when it shifts
     the labels right (the transformers speech recipe does the same).
 
-    With `encoder_cache` (a frozen encoder's outputs, see encoder_cache.py), rows that carry a
-    ``cache_row`` get ``encoder_outputs`` from the cache instead of ``input_features``.
+    With `encoder_cache` (a frozen encoder's work, see encoder_cache.py), rows that carry a
+    ``cache_row`` get their encoder side from the cache instead of ``input_features``.
     """
 
     decoder_start_token_id: int
     encoder_cache: np.ndarray | None = None
+    cache_kind: str = "states"
 
     def __call__(self, rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
         import torch
@@ -65,9 +66,9 @@ class SpeechCollator:
         if bool((batch[:, 0] == self.decoder_start_token_id).all()):
             batch = batch[:, 1:]
         if self.encoder_cache is not None and "cache_row" in rows[0]:
-            states = np.stack([self.encoder_cache[r["cache_row"]] for r in rows]).astype(np.float32)
-            # A tuple, as the model takes it: a bare tensor would be indexed as [0] = first clip.
-            return {"encoder_outputs": (torch.from_numpy(states),), "labels": batch}
+            from .encoder_cache import cached_inputs
+
+            return {**cached_inputs(self.encoder_cache, [r["cache_row"] for r in rows], self.cache_kind), "labels": batch}
         return {"input_features": collate_features(rows), "labels": batch}
 
 
@@ -293,6 +294,10 @@ def prepare_model(cfg: TrainConfig, feature_config: dict[str, Any]):
     model.config.use_cache = False  # the cache is for generation; training with it wastes memory
     if cfg.freeze_encoder:
         model.freeze_encoder()
+    if cfg.encoder_cache == "cross_kv":
+        from .encoder_cache import freeze_cross_attention_kv
+
+        freeze_cross_attention_kv(model)
     return model, processor
 
 
@@ -311,12 +316,13 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     # 2. model
     model, processor = prepare_model(cfg, feature_config)
     cache = None
-    if cfg.cache_encoder_outputs:
+    if cfg.encoder_cache:
         from .encoder_cache import build_encoder_cache, cache_key
         from .features import FeatureStore
 
-        key = cache_key(cfg.model, [r["sha256"] for r in FeatureStore(cfg.train_data).manifest], len(train_ds))
-        cache = build_encoder_cache(model, train_ds, run_dir / "encoder_cache", key)
+        shards = [r["sha256"] for r in FeatureStore(cfg.train_data).manifest]
+        key = cache_key(cfg.model, shards, len(train_ds), cfg.encoder_cache)
+        cache = build_encoder_cache(model, train_ds, run_dir / "encoder_cache", key, cfg.encoder_cache)
         train_ds = train_ds.remove_columns(["input_features"]).add_column("cache_row", list(range(len(train_ds))))
     # 3. where to start
     set_aside_incomplete(run_dir)
@@ -337,7 +343,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         args=args,
         train_dataset=train_ds,
         eval_dataset=eval_ds,
-        data_collator=SpeechCollator(model.config.decoder_start_token_id, cache),
+        data_collator=SpeechCollator(model.config.decoder_start_token_id, cache, cfg.encoder_cache or "states"),
         compute_metrics=make_compute_metrics(processor.tokenizer) if eval_ds is not None else None,
         processing_class=processor,
         callbacks=callbacks,
