@@ -7,11 +7,12 @@ PIP ?= $(PYTHON) -m pip
 TORCH ?= torch==2.13.0
 # datasets 5 decodes audio with torchcodec, whose release must match torch: 0.13 <-> torch 2.13.
 TORCHCODEC ?= torchcodec==0.13.*
-DEB_PACKAGES ?= espeak-ng ffmpeg
+# chromium: the browser test drives Debian's Chromium with Playwright (never `playwright install`).
+DEB_PACKAGES ?= espeak-ng ffmpeg chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 STAMP := build/.setup-done
 
-.PHONY: setup demo test test-fast bench bench-features clean
+.PHONY: setup demo test test-fast bench bench-features bench-inference bench-app app clean
 
 setup: $(STAMP)
 
@@ -23,10 +24,14 @@ $(STAMP): requirements.txt pyproject.toml Makefile
 	else echo "Debian packages present: $(DEB_PACKAGES)"; fi
 	$(PIP) install -q --disable-pip-version-check "$(TORCH)" "$(TORCHCODEC)"
 	$(PIP) install -q --disable-pip-version-check -r requirements.txt -e .
+	$(PIP) install -q --disable-pip-version-check playwright  # tests only; drives /usr/bin/chromium
 	@mkdir -p $(dir $(STAMP)) && touch $(STAMP)
 
 demo: setup
 	$(PYTHON) -m whisper_sv.demo
+
+app: setup  # the Gradio page on http://127.0.0.1:7860
+	$(PYTHON) -m whisper_sv.cli app
 
 test: setup
 	$(PYTHON) -m pytest -q -ra
@@ -34,10 +39,17 @@ test: setup
 test-fast: setup
 	$(PYTHON) -m pytest -q -ra -m "not slow"
 
-bench: bench-features
+bench: bench-features bench-inference bench-app
+
+# Benchmarks take a lock so two of them never share the 2 cores.
+bench-inference: setup  # faster-whisper int8 vs the Transformers pipeline, 5 s and 60 s clips
+	flock /tmp/whisper_sv_bench.lock $(PYTHON) bench/inference.py
+
+bench-app: setup  # 20 concurrent gradio_client users on 127.0.0.1
+	flock /tmp/whisper_sv_bench.lock $(PYTHON) bench/app_load.py
 
 bench-features: setup  # ~7 min: ours vs the standard datasets.map recipe on 2,000 clips
-	$(PYTHON) bench/features.py
+	flock /tmp/whisper_sv_bench.lock $(PYTHON) bench/features.py
 
 clean:
 	rm -rf build corpus features runs bench/out .pytest_cache

@@ -1,0 +1,127 @@
+"""Transcribe Swedish audio files with a Whisper model spec.
+
+`transcribe_arrays` / `transcribe_files` are the Transformers path the training code and the demo
+use: clips up to 30 s are batched; longer files go through Transformers' sequential long-form
+decoding (timestamps on, one 30 s window after another), so nothing is cut off silently.
+
+``whisper-sv transcribe`` serves files with the app's backend (`whisper_sv.inference`):
+faster-whisper on a CTranslate2 export when one exists, else Transformers; ``--backend`` picks.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from .audio import N_SAMPLES, SAMPLE_RATE, AudioError, load_audio
+from .models import DEFAULT_MODEL, LANGUAGE, TASK, load_model
+
+BATCH_SIZE = 8
+
+
+@dataclass(frozen=True)
+class DecodeOptions:
+    """How `transcribe_arrays` decodes; change with `dataclasses.replace`."""
+
+    beam_size: int = 1  # 1 = greedy, the setting WER figures in this project use
+    batch_size: int = BATCH_SIZE
+    max_new_tokens: int = 440  # 448 minus the 4 prefix tokens and a little slack
+
+    def __post_init__(self):
+        if self.beam_size < 1:
+            raise ValueError(f"beam_size={self.beam_size}: use 1 (greedy) or more")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size={self.batch_size}: use 1 or more")
+
+
+def transcribe_arrays(model, processor, audios: Sequence[np.ndarray], options: DecodeOptions = DecodeOptions()) -> list[str]:
+    """Transcribe 16 kHz mono float32 arrays; returns one stripped string per array, in order."""
+    import torch
+
+    texts: list[str | None] = [None] * len(audios)
+    short = [i for i, a in enumerate(audios) if len(a) <= N_SAMPLES]
+    device, dtype = model.device, model.dtype
+    gen = dict(language=LANGUAGE, task=TASK, num_beams=options.beam_size)
+    for start in range(0, len(short), options.batch_size):
+        idx = short[start : start + options.batch_size]
+        feats = processor.feature_extractor(
+            [audios[i] for i in idx], sampling_rate=SAMPLE_RATE, return_tensors="pt"
+        ).input_features.to(device, dtype)
+        with torch.inference_mode():
+            ids = model.generate(feats, max_new_tokens=options.max_new_tokens, **gen)
+        for i, text in zip(idx, processor.batch_decode(ids, skip_special_tokens=True)):
+            texts[i] = text.strip()
+    for i in (i for i, a in enumerate(audios) if len(a) > N_SAMPLES):
+        inputs = processor.feature_extractor(
+            audios[i], sampling_rate=SAMPLE_RATE, return_tensors="pt", truncation=False,
+            padding="longest", return_attention_mask=True,
+        )
+        with torch.inference_mode():
+            ids = model.generate(
+                inputs.input_features.to(device, dtype), attention_mask=inputs.attention_mask.to(device),
+                return_timestamps=True, condition_on_prev_tokens=False, **gen,
+            )
+        texts[i] = processor.batch_decode(ids, skip_special_tokens=True)[0].strip()
+    return [t or "" for t in texts]
+
+
+def transcribe_files(
+    paths: Iterable[str | Path], model_spec: str = DEFAULT_MODEL, options: DecodeOptions = DecodeOptions()
+) -> list[dict]:
+    """``[{"path", "text"}]`` per file, or ``{"path", "error"}`` for one that cannot be decoded."""
+    model, processor = load_model(model_spec)
+    results, audios, where = [], [], []
+    for path in paths:
+        try:
+            audios.append(load_audio(path))
+            where.append(len(results))
+            results.append({"path": str(path), "text": None})
+        except AudioError as err:
+            results.append({"path": str(path), "error": str(err)})
+    for i, text in zip(where, transcribe_arrays(model, processor, audios, options)):
+        results[i]["text"] = text
+    return results
+
+
+def add_cli(sub) -> None:
+    """Register ``whisper-sv transcribe``."""
+    from .inference import BACKENDS
+
+    p = sub.add_parser("transcribe", help="transcribe Swedish audio files")
+    p.add_argument("files", nargs="+", metavar="FILE", help="audio files (any format ffmpeg or libsndfile reads)")
+    p.add_argument("--model", default=None,
+                   help="model spec: Hub id, folder, CTranslate2 export or packaged:whisper-base "
+                        "(default: runs/cpu-demo/ct2 when exported, else packaged:whisper-base)")
+    p.add_argument("--backend", choices=BACKENDS, default="auto",
+                   help="auto (default): faster-whisper when the model has a CTranslate2 export, else transformers")
+    p.add_argument("--beam-size", type=int, default=1, help="beam size; 1 = greedy (default)")
+    p.add_argument("--json", action="store_true",
+                   help='print one JSON line {"path": ..., "text": ...} per file ("text" is "" when no speech is found)')
+    p.set_defaults(func=_run_cli)
+
+
+def _run_cli(args) -> int:
+    from .inference import NO_SPEECH, InferenceOptions, pick_backend
+
+    backend = pick_backend(args.model, backend=args.backend, options=InferenceOptions(beam_size=args.beam_size))
+    failed = False
+    for path in args.files:
+        try:
+            text = backend.transcribe(load_audio(path))
+        except AudioError as err:
+            failed = True
+            if args.json:
+                print(json.dumps({"path": str(path), "error": str(err)}, ensure_ascii=False))
+            else:
+                print(f"{path}: ERROR {err}", file=sys.stderr)
+            continue
+        if args.json:
+            print(json.dumps({"path": str(path), "text": "" if text == NO_SPEECH else text}, ensure_ascii=False), flush=True)
+        else:
+            print(f"{path}\t{text}", flush=True)
+    return 1 if failed else 0

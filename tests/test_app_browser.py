@@ -1,0 +1,69 @@
+"""A real browser on the app (issue #5): Debian's Chromium driven by Playwright loads the page,
+uploads a Swedish clip, sees the transcript and saves a screenshot to img/app.png.
+
+`make setup` installs both (apt: chromium; pip: playwright). Playwright's own browser download
+(`playwright install`) is never used: the test drives /usr/bin/chromium.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("gradio")
+sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed: run `make setup`")
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+if not Path(CHROMIUM).exists():
+    pytest.skip("Debian's chromium is not installed: run `make setup` (apt-get install chromium)", allow_module_level=True)
+
+from whisper_sv.app import AppConfig, build_demo, launch  # noqa: E402
+from whisper_sv.metrics import wer_report  # noqa: E402
+from whisper_sv.synth import ClipJob, render_clip  # noqa: E402
+
+SENTENCE = "Jag ska inte ringa dig hela tiden."
+SCREENSHOT = Path(__file__).resolve().parents[1] / "img" / "app.png"
+# Offline and quiet: no first-run UI, no network services, no QUIC; sandbox off for containers/root.
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def test_browser_uploads_a_clip_and_reads_the_transcript(tmp_path):
+    from whisper_sv.inference import pick_backend
+
+    render_clip(ClipJob(1, "test", SENTENCE, "sv+m3", 150, 50), tmp_path)
+    clip = next(tmp_path.glob("*.mp3"))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cfg = AppConfig(port=port)
+    demo = build_demo(cfg, transcriber=pick_backend("packaged:whisper-base"))
+    _, url, _ = launch(demo, cfg, block=False)
+    try:
+        with sync_api.sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            try:
+                page = browser.new_page(viewport={"width": 1200, "height": 820})
+                page.goto(url, wait_until="domcontentloaded", timeout=60_000)
+                page.get_by_role("button", name="Transcribe").wait_for(timeout=60_000)
+                page.get_by_label("Upload file").click()  # the audio box opens on the microphone
+                with page.expect_file_chooser() as chooser:
+                    page.get_by_text("Drop Audio Here").first.click()
+                chooser.value.set_files(str(clip))
+                page.wait_for_selector("audio, .waveform-container, [data-testid='waveform-Swedish speech']",
+                                       state="attached", timeout=30_000)
+                page.get_by_role("button", name="Transcribe").click()
+                box = page.locator("#transcript textarea")
+                page.wait_for_function("el => el.value.trim().length > 0", arg=box.element_handle(), timeout=120_000)
+                text = box.input_value()
+                SCREENSHOT.parent.mkdir(exist_ok=True)
+                page.screenshot(path=str(SCREENSHOT), full_page=True)
+            finally:
+                browser.close()
+    finally:
+        demo.close()
+    assert wer_report([SENTENCE], [text])["cer"] < 0.3, text
+    assert SCREENSHOT.stat().st_size > 10_000

@@ -1,0 +1,92 @@
+"""Load on loopback (issue #5): 20 concurrent gradio_client clients, bounded in count and time, no
+errors; and the queue limits hold (one request per model at a time, a full queue turns away)."""
+
+from __future__ import annotations
+
+import importlib.util
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+pytest.importorskip("gradio")
+
+from whisper_sv.app import AppConfig, build_demo, launch  # noqa: E402
+from whisper_sv.continuation import Continuer  # noqa: E402
+from whisper_sv.synth import ClipJob, render_clip  # noqa: E402
+
+BENCH = Path(__file__).resolve().parents[1] / "bench" / "app_load.py"
+
+
+def _bench():
+    spec = importlib.util.spec_from_file_location("app_load_bench", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_twenty_concurrent_clients(tmp_path):
+    from whisper_sv.inference import pick_backend
+
+    bench = _bench()
+    render_clip(ClipJob(1, "test", "Jag ska inte ringa dig hela tiden.", "sv+m3", 150, 50), tmp_path)
+    clip = next(tmp_path.glob("*.mp3"))
+    cfg = AppConfig(port=bench.free_port())  # the defaults: concurrency 1, queue of 64
+    demo = build_demo(cfg, transcriber=pick_backend("packaged:whisper-base"), continuer=Continuer(None))
+    _, url, _ = launch(demo, cfg, block=False)
+    try:
+        result = bench.run_load(url.rstrip("/"), clip, clients=20, requests_per_client=1, deadline_s=150,
+                                expect="hela tiden")
+    finally:
+        demo.close()
+    assert result["errors"] == [] and result["ok"] == 20, result["errors"][:3]
+    assert result["wall_s"] < 180 and result["p50_s"] <= result["p95_s"] <= result["max_s"]
+
+
+class SlowFake:
+    """A transcriber that takes 0.5 s and records how many calls overlap."""
+
+    name = "slow fake"
+
+    def __init__(self):
+        self.running = self.peak = 0
+        self.lock = threading.Lock()
+
+    def transcribe(self, audio):
+        with self.lock:
+            self.running += 1
+            self.peak = max(self.peak, self.running)
+        time.sleep(0.5)
+        with self.lock:
+            self.running -= 1
+        return "hej"
+
+
+def test_queue_concurrency_and_size_limits(tmp_path):
+    from gradio_client import Client, handle_file
+
+    bench = _bench()
+    clip = tmp_path / "tone.wav"
+    sf.write(clip, (0.1 * np.sin(np.arange(16000) / 5)).astype(np.float32), 16000)
+    fake = SlowFake()
+    cfg = AppConfig(port=bench.free_port(), queue_size=2, concurrency=1)
+    demo = build_demo(cfg, transcriber=fake, continuer=Continuer(None))
+    _, url, _ = launch(demo, cfg, block=False)
+    try:
+        clients = [Client(url, verbose=False) for _ in range(8)]
+        jobs = [c.submit(handle_file(str(clip)), api_name="/transcribe") for c in clients]
+        outcomes = []
+        for job in jobs:
+            try:
+                outcomes.append(job.result(timeout=60))
+            except Exception as err:  # the ones the full queue turned away
+                outcomes.append(f"{type(err).__name__}: {err}")
+    finally:
+        demo.close()
+    done = [o for o in outcomes if o == "hej"]
+    refused = [o for o in outcomes if "queue is full" in o.lower()]
+    assert fake.peak == 1  # concurrency limit: one model call at a time
+    assert len(done) + len(refused) == 8 and refused and len(done) >= 3, outcomes
