@@ -49,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
                 raise  # a real missing dependency, not a stage still to be built
             what, where = PLANNED[name]
             stub = sub.add_parser(name, help=f"{what} [not built yet: {where}]")
+            stub.add_argument("args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
             stub.set_defaults(func=_not_built(name, where))
             continue
         module.add_cli(sub)

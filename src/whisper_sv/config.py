@@ -63,6 +63,7 @@ class TrainConfig:
     mask_time_length: int = 10
     mask_feature_prob: float = 0.0
     mask_feature_length: int = 10
+    dropout: float | None = None  # WhisperConfig.dropout for the layers that train; None keeps the model's
     precision: str = "auto"  # auto: bf16 where the GPU has it, else fp16 on CUDA, fp32 on CPU
     early_stopping_patience: int | None = None  # evaluations without a better WER before stopping
     max_train_samples: int | None = None  # use the first N rows of the train store
@@ -77,6 +78,8 @@ class TrainConfig:
             raise ValueError(f"precision={self.precision!r}: use one of {PRECISIONS}")
         if not 0 <= self.mask_time_prob <= 1 or not 0 <= self.mask_feature_prob <= 1:
             raise ValueError("mask_time_prob and mask_feature_prob are probabilities in [0, 1]")
+        if self.dropout is not None and not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout={self.dropout}: use a probability in [0, 1)")
         if self.encoder_cache not in (None, "states", "cross_kv"):
             raise ValueError(f"encoder_cache={self.encoder_cache!r}: use null, \"states\" or \"cross_kv\"")
         if self.encoder_cache and (not self.freeze_encoder or self.apply_spec_augment):

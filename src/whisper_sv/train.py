@@ -291,6 +291,11 @@ def prepare_model(cfg: TrainConfig, feature_config: dict[str, Any]):
     model.config.mask_time_length = cfg.mask_time_length
     model.config.mask_feature_prob = cfg.mask_feature_prob
     model.config.mask_feature_length = cfg.mask_feature_length
+    if cfg.dropout is not None:
+        model.config.dropout = cfg.dropout
+        stacks = (model.model.encoder, model.model.decoder)
+        for module in (*stacks, *stacks[0].layers, *stacks[1].layers):  # they copied the rate at construction
+            module.dropout = cfg.dropout
     model.config.use_cache = False  # the cache is for generation; training with it wastes memory
     if cfg.freeze_encoder:
         model.freeze_encoder()
@@ -351,7 +356,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     trainer.train(resume_from_checkpoint=resume)
     metrics = {}
     if eval_ds is not None:
-        metrics = trainer.evaluate()
+        last = trainer.state.log_history[-2:] if trainer.state.log_history else []
+        done_at_end = [h for h in last if "eval_wer" in h and h.get("step") == trainer.state.global_step]
+        metrics = done_at_end[-1] if done_at_end else trainer.evaluate()
     # 5. final model and records
     final = run_dir / "final"
     trainer.save_model(str(final))

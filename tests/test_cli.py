@@ -1,0 +1,18 @@
+import pytest
+
+from whisper_sv.cli import STAGES, build_parser, main
+
+
+def test_help_lists_every_stage(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    for name, _ in STAGES:
+        assert name in out
+
+
+def test_unbuilt_stage_names_its_issue(capsys):
+    built = set(build_parser()._subparsers._group_actions[0].choices)
+    assert built == {name for name, _ in STAGES}
+    assert main(["search", "configs/tiny.json", "--trials", "3"]) == 2
+    assert "not filed yet" in capsys.readouterr().err
