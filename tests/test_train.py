@@ -148,6 +148,7 @@ def test_train_evaluates_writes_final_card_curves_and_refuses_foreign_features(s
         assert (final / name).is_file(), name
     card = (final / "README.md").read_text()
     assert "model-index:" in card and "type: wer" in card
+    assert json.loads((final / "config.json").read_text())["use_cache"] is True
     gen = json.loads((final / "generation_config.json").read_text())
     assert gen["language"] == "sv" and gen["task"] == "transcribe" and not gen.get("forced_decoder_ids")
     assert (tmp_path / "img" / "train.png").stat().st_size > 10_000

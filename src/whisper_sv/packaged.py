@@ -9,7 +9,7 @@ This module
 
 * joins the parts once into a cache folder that ``faster_whisper.WhisperModel`` loads as is
   (:func:`packaged_ct2_dir`),
-* reads CTranslate2's ``model.bin`` format without CTranslate2 (:func:`read_ct2_model`), and
+* reads CTranslate2's ``model.bin`` through `whisper_sv.ct2_format` (no CTranslate2 needed), and
 * converts the weights into a transformers ``WhisperForConditionalGeneration`` folder with a
   ``WhisperProcessor`` and a generation config equivalent to ``openai/whisper-base``'s, so the
   fine-tuning code starts from the same checkpoint with no Hugging Face Hub download
@@ -37,14 +37,14 @@ import json
 import os
 import re
 import shutil
-import struct
 import tempfile
-from dataclasses import dataclass
 from importlib.resources import files as _package_files
 from pathlib import Path
-from typing import Any, BinaryIO, Sequence
+from typing import Any, Sequence
 
 import numpy as np
+
+from .ct2_format import Ct2Model, read_ct2_model
 
 # ---------------------------------------------------------------------------------------------
 # Where the packaged model lives
@@ -204,141 +204,6 @@ def packaged_ct2_dir(cache_dir: Path | None = None) -> Path:
 
 
 # ---------------------------------------------------------------------------------------------
-# Reading CTranslate2's model.bin
-# ---------------------------------------------------------------------------------------------
-# Layout, as written by ctranslate2/specs/model_spec.py (ModelSpec._serialize) and read by
-# src/models/model.cc (Model::load). Everything is packed with no padding, in the writer's
-# native byte order (little-endian on every platform CTranslate2 ships wheels for):
-#
-#   uint32 binary_version                      (6 from CTranslate2 4.x's writer; 4+ read here)
-#   string spec_name                           ("WhisperSpec"; absent before version 2)
-#   uint32 spec_revision                       (WhisperSpec: 3)
-#   uint32 num_variables, then per variable, sorted by name:
-#       string name; uint8 rank; rank x uint32 dims; uint8 dtype_id; uint32 num_bytes; bytes
-#   uint32 num_aliases, then per alias: string alias; string target_name
-#
-# string = uint16 length counting a trailing NUL, then the bytes (the Python writer counts
-# characters, not bytes, so only ASCII names round-trip; all real names are ASCII).
-# Config scalars (num_heads, activation, pre_norm, ...) are rank-0 variables.
-# model.cc reads versions 4, 5 and 6 identically (it only branches at 2, 3 and 4); versions
-# below 4 stored an item size instead of a dtype id and are not supported here.
-
-MIN_BINARY_VERSION = 4
-MAX_BINARY_VERSION = 6
-
-# DataType enum order in include/ctranslate2/types.h (_dtype_to_type_id in model_spec.py).
-# bfloat16 has no numpy dtype: it is read as uint16 and widened to float32 below.
-CT2_DTYPES: dict[int, np.dtype] = {
-    0: np.dtype("<f4"),  # float32
-    1: np.dtype("i1"),  # int8
-    2: np.dtype("<i2"),  # int16
-    3: np.dtype("<i4"),  # int32
-    4: np.dtype("<f2"),  # float16
-    5: np.dtype("<u2"),  # bfloat16 (raw bits)
-}
-_BFLOAT16_ID = 5
-
-
-@dataclass(frozen=True)
-class Ct2Model:
-    """The contents of a CTranslate2 ``model.bin``."""
-
-    binary_version: int
-    spec_name: str
-    spec_revision: int
-    variables: dict[str, np.ndarray]  # aliases included, sharing their target's array
-    aliases: dict[str, str]  # alias name -> target variable name
-
-
-class _Reader:
-    """Sequential little-endian reads from a buffer, with errors that say where the file ended."""
-
-    def __init__(self, buf: bytes | memoryview, path: Path):
-        self.buf, self.pos, self.path = buf, 0, path
-
-    def take(self, n: int) -> memoryview:
-        if self.pos + n > len(self.buf):
-            raise ValueError(
-                f"{self.path} is truncated: wanted {n} bytes at offset {self.pos}, file has {len(self.buf)}"
-            )
-        view = memoryview(self.buf)[self.pos : self.pos + n]
-        self.pos += n
-        return view
-
-    def unpack(self, fmt: str) -> int:
-        return struct.unpack("<" + fmt, self.take(struct.calcsize(fmt)))[0]
-
-    def string(self) -> str:
-        raw = bytes(self.take(self.unpack("H")))
-        return raw.split(b"\0", 1)[0].decode("utf-8")  # C++ reads it as a C string
-
-
-def _read_bytes(source: Path | BinaryIO) -> tuple[bytes, Path]:
-    if isinstance(source, (str, os.PathLike)):
-        path = Path(source)
-        return path.read_bytes(), path
-    return source.read(), Path(getattr(source, "name", "<stream>"))
-
-
-def read_ct2_model(source: Path | BinaryIO, float32: bool = False) -> Ct2Model:
-    """Parse a CTranslate2 ``model.bin`` (binary versions 4-6) into numpy arrays.
-
-    ``float32=True`` widens float16/bfloat16 variables to float32 (exact); otherwise they keep
-    their stored dtype, except bfloat16, which numpy lacks and is always widened.
-    """
-    buf, path = _read_bytes(source)
-    r = _Reader(buf, path)
-    version = r.unpack("I")
-    if not MIN_BINARY_VERSION <= version <= MAX_BINARY_VERSION:
-        raise ValueError(
-            f"{path}: CTranslate2 binary version {version} is not supported "
-            f"(this reader handles {MIN_BINARY_VERSION} to {MAX_BINARY_VERSION})"
-        )
-    spec_name = r.string()
-    spec_revision = r.unpack("I")
-
-    variables: dict[str, np.ndarray] = {}
-    for _ in range(r.unpack("I")):
-        name = r.string()
-        rank = r.unpack("B")
-        shape = tuple(r.unpack("I") for _ in range(rank))
-        dtype_id = r.unpack("B")
-        num_bytes = r.unpack("I")
-        if dtype_id not in CT2_DTYPES:
-            raise ValueError(f"{path}: variable {name!r} has unknown dtype id {dtype_id}")
-        dtype = CT2_DTYPES[dtype_id]
-        count = int(np.prod(shape, dtype=np.int64))
-        if count * dtype.itemsize != num_bytes:
-            raise ValueError(
-                f"{path}: variable {name!r} has shape {shape} of {dtype} but {num_bytes} bytes"
-            )
-        array = np.frombuffer(r.take(num_bytes), dtype=dtype).reshape(shape)
-        if dtype_id == _BFLOAT16_ID:
-            array = (array.astype(np.uint32) << 16).view(np.float32)
-        elif float32 and array.dtype == np.float16:
-            array = array.astype(np.float32)
-        else:
-            array = array.copy()  # own the memory, writable (torch.from_numpy wants that)
-        variables[name] = array
-
-    aliases: dict[str, str] = {}
-    for _ in range(r.unpack("I")):
-        alias, target = r.string(), r.string()
-        if target not in variables:
-            raise ValueError(f"{path}: alias {alias!r} points at missing variable {target!r}")
-        aliases[alias] = target
-        variables[alias] = variables[target]
-    if r.pos != len(buf):
-        raise ValueError(f"{path}: {len(buf) - r.pos} unexpected bytes after the aliases")
-    return Ct2Model(version, spec_name, spec_revision, variables, aliases)
-
-
-def read_ct2_variables(source: Path | BinaryIO, float32: bool = True) -> dict[str, np.ndarray]:
-    """Variable name -> array for a CTranslate2 ``model.bin`` (aliases resolved, float32 by default)."""
-    return read_ct2_model(source, float32=float32).variables
-
-
-# ---------------------------------------------------------------------------------------------
 # CTranslate2 WhisperSpec -> transformers WhisperForConditionalGeneration
 # ---------------------------------------------------------------------------------------------
 
@@ -461,6 +326,11 @@ def ct2_to_hf_state_dict(variables: dict[str, np.ndarray]) -> dict[str, np.ndarr
             else:
                 sd[f"{dst}.{proj}.bias"] = b
 
+    def self_attention(src: str, dst: str) -> None:
+        layer_norm(f"{src}/self_attention/layer_norm", f"{dst}.self_attn_layer_norm")
+        fused(f"{src}/self_attention/linear_0", f"{dst}.self_attn", ("q_proj", "k_proj", "v_proj"))
+        linear(f"{src}/self_attention/linear_1", f"{dst}.self_attn.out_proj")
+
     def ffn(src: str, dst: str) -> None:
         layer_norm(f"{src}/ffn/layer_norm", f"{dst}.final_layer_norm")
         linear(f"{src}/ffn/linear_0", f"{dst}.fc1")
@@ -472,9 +342,7 @@ def ct2_to_hf_state_dict(variables: dict[str, np.ndarray]) -> dict[str, np.ndarr
     sd[f"{enc}.embed_positions.weight"] = take("encoder/position_encodings/encodings")
     for i in range(_layer_count(variables, "encoder")):
         src, dst = f"encoder/layer_{i}", f"{enc}.layers.{i}"
-        layer_norm(f"{src}/self_attention/layer_norm", f"{dst}.self_attn_layer_norm")
-        fused(f"{src}/self_attention/linear_0", f"{dst}.self_attn", ("q_proj", "k_proj", "v_proj"))
-        linear(f"{src}/self_attention/linear_1", f"{dst}.self_attn.out_proj")
+        self_attention(src, dst)
         ffn(src, dst)
     layer_norm("encoder/layer_norm", f"{enc}.layer_norm")
 
@@ -482,9 +350,7 @@ def ct2_to_hf_state_dict(variables: dict[str, np.ndarray]) -> dict[str, np.ndarr
     sd[f"{dec}.embed_positions.weight"] = take("decoder/position_encodings/encodings")
     for i in range(_layer_count(variables, "decoder")):
         src, dst = f"decoder/layer_{i}", f"{dec}.layers.{i}"
-        layer_norm(f"{src}/self_attention/layer_norm", f"{dst}.self_attn_layer_norm")
-        fused(f"{src}/self_attention/linear_0", f"{dst}.self_attn", ("q_proj", "k_proj", "v_proj"))
-        linear(f"{src}/self_attention/linear_1", f"{dst}.self_attn.out_proj")
+        self_attention(src, dst)
         layer_norm(f"{src}/attention/layer_norm", f"{dst}.encoder_attn_layer_norm")
         linear(f"{src}/attention/linear_0", f"{dst}.encoder_attn.q_proj")
         fused(f"{src}/attention/linear_1", f"{dst}.encoder_attn", ("k_proj", "v_proj"))

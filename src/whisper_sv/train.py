@@ -165,6 +165,7 @@ def plot_curves(log_history: list[dict], out: str | Path) -> Path:
         ax2.plot([s for s, _ in evals], [100 * h["eval_wer"] for _, h in evals], "s-", color="tab:red", label="eval WER (normalised)")
         ax2.plot([s for s, _ in evals], [100 * h["eval_wer_ortho"] for _, h in evals], "^--", color="tab:orange", label="eval WER (orthographic)")
     ax2.set_ylabel("WER (%)")
+    ax2.set_ylim(bottom=0)  # an auto-zoomed axis makes a 1-point wobble look like a trend
     lines = ax.get_legend_handles_labels()[0] + ax2.get_legend_handles_labels()[0]
     ax.legend(lines, [l.get_label() for l in lines], loc="upper right")
     ax.set_title("Whisper fine-tuning on Swedish")
@@ -361,6 +362,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         metrics = done_at_end[-1] if done_at_end else trainer.evaluate()
     # 5. final model and records
     final = run_dir / "final"
+    model.config.use_cache = True  # off only for training; generation from final/ wants it
     trainer.save_model(str(final))
     processor.save_pretrained(final)
     # transformers 5 folds the feature extractor into processor_config.json; faster-whisper and
