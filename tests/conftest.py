@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
+
+# Test this checkout's code, whichever checkout `pip install -e .` last pointed at; PYTHONPATH
+# carries it into the subprocesses (CLI kill tests) and notebook kernels the tests start.
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+sys.path.insert(0, SRC)
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (SRC, os.environ.get("PYTHONPATH")) if p)
 
 # Tests are offline: never let a stray Hub id reach the network.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

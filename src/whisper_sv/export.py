@@ -37,18 +37,15 @@ def export_ct2(model: str = DEFAULT_MODEL, out: str | Path = "ct2", quantization
         raise FileExistsError(f"{out} exists and is not an export; pick another --out")
     source = resolve_model(model)
     local = Path(source).is_dir()
+    # transformers 5 saves the feature extractor inside processor_config.json; such folders get a
+    # preprocessor_config.json written from the loaded feature extractor instead of copied.
     copy = [f for f in COPY_FILES if not local or (Path(source) / f).is_file()]
-    missing = [f for f in COPY_FILES if f not in copy]
-    if missing:
-        raise FileNotFoundError(
-            f"{source} lacks {missing}; faster-whisper needs them beside model.bin: save the "
-            "processor into the model folder (WhisperProcessor.save_pretrained)"
-        )
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         converter = ctranslate2.converters.TransformersConverter(source, copy_files=list(copy))
         converter.convert(str(tmp / "ct2"), quantization=quantization, force=True)
+        _complete_side_files(source, tmp / "ct2")
         (tmp / "ct2" / "whisper_sv_export.json").write_text(
             json.dumps({"model": model, "quantization": quantization, "ctranslate2": ctranslate2.__version__}, indent=2)
         )
@@ -58,6 +55,26 @@ def export_ct2(model: str = DEFAULT_MODEL, out: str | Path = "ct2", quantization
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def _complete_side_files(source: str, folder: Path) -> None:
+    """Write what faster-whisper needs beside model.bin and the converter could not copy."""
+    from transformers import AutoTokenizer, WhisperFeatureExtractor
+
+    try:
+        if not (folder / "preprocessor_config.json").is_file():
+            WhisperFeatureExtractor.from_pretrained(source).save_pretrained(folder)
+        if not (folder / "tokenizer.json").is_file():
+            AutoTokenizer.from_pretrained(source).backend_tokenizer.save(str(folder / "tokenizer.json"))
+    except (OSError, ValueError, AttributeError) as err:
+        raise FileNotFoundError(
+            f"{source}: cannot find its feature extractor or fast tokenizer ({err}); faster-whisper needs "
+            "preprocessor_config.json and tokenizer.json: save the processor into the model folder "
+            "(WhisperProcessor.save_pretrained)"
+        ) from err
+    for name in COPY_FILES:
+        if not (folder / name).is_file():
+            raise FileNotFoundError(f"{folder}: {name} missing after export")
 
 
 def add_cli(sub) -> None:
