@@ -21,8 +21,9 @@ from tqdm.auto import tqdm
 from .audio import CHUNK_LENGTH
 from .logmel import log_mel, pad_features
 from .metrics import normalize_sv, wer_report
-from .models import DEFAULT_MODEL, LANGUAGE, TASK, load_model
+from .models import DEFAULT_MODEL, load_model
 from .sources import iter_clips
+from .transcribe import MAX_NEW_TOKENS, generate_texts
 
 BATCH_SIZE = 16
 # Generation budget: no real speech reaches 10 tokens a second, so this cuts only runaway loops
@@ -30,7 +31,6 @@ BATCH_SIZE = 16
 # loop still counts as the insertions it made.
 TOKENS_PER_SECOND = 10
 MIN_NEW_TOKENS = 16
-MAX_NEW_TOKENS = 440  # 448 decoder positions minus the prefix
 
 
 def token_budget(n_frames: int) -> int:
@@ -60,16 +60,6 @@ def iter_inputs(data: str, split: str, n_mels: int, skipped: list[dict]) -> Iter
             continue
         compact, n_frames, pad_value = log_mel(clip.audio, n_mels)
         yield clip.id, clip.sentence, pad_features(compact, n_frames, pad_value), n_frames
-
-
-def generate_texts(model, processor, features: np.ndarray, beam_size: int = 1, max_new_tokens: int = MAX_NEW_TOKENS) -> list[str]:
-    """Greedy (or beam) transcripts of a (B, n_mels, 3000) batch, Swedish forced."""
-    import torch
-
-    inputs = torch.from_numpy(np.ascontiguousarray(features)).to(model.device, model.dtype)
-    with torch.inference_mode():
-        ids = model.generate(inputs, language=LANGUAGE, task=TASK, num_beams=beam_size, max_new_tokens=max_new_tokens)
-    return [t.strip() for t in processor.batch_decode(ids, skip_special_tokens=True)]
 
 
 def evaluate(

@@ -19,9 +19,11 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from .audio import N_SAMPLES, SAMPLE_RATE, AudioError, load_audio
+from .logmel import log_mel, pad_features
 from .models import DEFAULT_MODEL, LANGUAGE, TASK, load_model
 
 BATCH_SIZE = 8
+MAX_NEW_TOKENS = 440  # 448 decoder positions minus the prefix
 
 
 @dataclass(frozen=True)
@@ -30,13 +32,23 @@ class DecodeOptions:
 
     beam_size: int = 1  # 1 = greedy, the setting WER figures in this project use
     batch_size: int = BATCH_SIZE
-    max_new_tokens: int = 440  # 448 minus the 4 prefix tokens and a little slack
+    max_new_tokens: int = MAX_NEW_TOKENS
 
     def __post_init__(self):
         if self.beam_size < 1:
             raise ValueError(f"beam_size={self.beam_size}: use 1 (greedy) or more")
         if self.batch_size < 1:
             raise ValueError(f"batch_size={self.batch_size}: use 1 or more")
+
+
+def generate_texts(model, processor, features: np.ndarray, beam_size: int = 1, max_new_tokens: int = MAX_NEW_TOKENS) -> list[str]:
+    """Greedy (or beam) transcripts of a (B, n_mels, 3000) batch, Swedish forced."""
+    import torch
+
+    inputs = torch.from_numpy(np.ascontiguousarray(features)).to(model.device, model.dtype)
+    with torch.inference_mode():
+        ids = model.generate(inputs, language=LANGUAGE, task=TASK, num_beams=beam_size, max_new_tokens=max_new_tokens)
+    return [t.strip() for t in processor.batch_decode(ids, skip_special_tokens=True)]
 
 
 def transcribe_arrays(model, processor, audios: Sequence[np.ndarray], options: DecodeOptions = DecodeOptions()) -> list[str]:
@@ -47,15 +59,13 @@ def transcribe_arrays(model, processor, audios: Sequence[np.ndarray], options: D
     short = [i for i, a in enumerate(audios) if len(a) <= N_SAMPLES]
     device, dtype = model.device, model.dtype
     gen = dict(language=LANGUAGE, task=TASK, num_beams=options.beam_size)
+    n_mels = model.config.num_mel_bins
     for start in range(0, len(short), options.batch_size):
         idx = short[start : start + options.batch_size]
-        feats = processor.feature_extractor(
-            [audios[i] for i in idx], sampling_rate=SAMPLE_RATE, return_tensors="pt"
-        ).input_features.to(device, dtype)
-        with torch.inference_mode():
-            ids = model.generate(feats, max_new_tokens=options.max_new_tokens, **gen)
-        for i, text in zip(idx, processor.batch_decode(ids, skip_special_tokens=True)):
-            texts[i] = text.strip()
+        # The same log-mel the feature store holds (logmel.py, pinned to WhisperFeatureExtractor).
+        feats = np.stack([pad_features(*log_mel(audios[i], n_mels)) for i in idx])
+        for i, text in zip(idx, generate_texts(model, processor, feats, options.beam_size, options.max_new_tokens)):
+            texts[i] = text
     for i in (i for i, a in enumerate(audios) if len(a) > N_SAMPLES):
         inputs = processor.feature_extractor(
             audios[i], sampling_rate=SAMPLE_RATE, return_tensors="pt", truncation=False,
