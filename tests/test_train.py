@@ -75,9 +75,15 @@ def _tensors(path):
     return load_file(str(path))
 
 
+# The CPU recipe's path too: batches from a cross_kv encoder cache, collated and read ahead in a
+# DataLoader worker, embeddings frozen.
+CACHED = dict(freeze_encoder=True, encoder_cache="cross_kv", freeze_embeddings=True, dataloader_num_workers=1)
+
+
 @pytest.mark.slow
-def test_sigkill_midway_and_resume_gives_identical_weights_and_one_history(sv_stores, tmp_path):
-    steps = dict(max_steps=8, save_steps=2, logging_steps=1)
+@pytest.mark.parametrize("recipe", [{}, CACHED], ids=["features", "cross_kv_cache"])
+def test_sigkill_midway_and_resume_gives_identical_weights_and_one_history(sv_stores, tmp_path, recipe):
+    steps = dict(max_steps=8, save_steps=2, logging_steps=1, **recipe)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     subprocess.run(_train_cmd(tmp_path / "straight", sv_stores, **steps), check=True, env=env, capture_output=True)
 
@@ -114,6 +120,16 @@ def test_sigkill_midway_and_resume_gives_identical_weights_and_one_history(sv_st
     assert [s for s, _ in losses] == list(range(1, 9)), "one loss per step, none doubled or lost"
     straight = [json.loads(line) for line in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
     assert losses == [(h["step"], h["loss"]) for h in straight if "loss" in h]
+    if recipe:
+        from whisper_sv.models import resolve_model
+
+        start = _tensors(Path(resolve_model("random:tiny")) / "model.safetensors")
+        for name in ("model.decoder.embed_tokens.weight", "model.decoder.embed_positions.weight",
+                     "model.encoder.layers.0.fc1.weight"):
+            np.testing.assert_array_equal(b[name], start[name], err_msg=f"{name} should be frozen")
+        assert not np.array_equal(b["model.decoder.layers.0.fc1.weight"], start["model.decoder.layers.0.fc1.weight"])
+        meta = json.loads((run / "encoder_cache" / "cache.json").read_text())
+        assert meta["done"] == meta["shape"][0] and meta["kind"] == "cross_kv"
 
 
 def test_set_aside_incomplete_keeps_finished_ones(tmp_path):
@@ -167,7 +183,8 @@ def test_encoder_cache_gives_the_same_loss_as_the_features(sv_stores, tmp_path, 
     """Training on the cache is training on the same model: equal loss to fp16 rounding."""
     import torch
 
-    from whisper_sv.encoder_cache import build_encoder_cache, freeze_cross_attention_kv
+    from whisper_sv.encoder_cache import build_encoder_cache, freeze_cross_attention_kv, readahead_for
+    from whisper_sv.train import with_cached_encoder
     from whisper_sv.features import FeatureStore
     from whisper_sv.models import load_model
 
@@ -181,8 +198,10 @@ def test_encoder_cache_gives_the_same_loss_as_the_features(sv_stores, tmp_path, 
     rows = [dict(data[i], cache_row=i) for i in range(len(data))]
     start = model.config.decoder_start_token_id
     plain = SpeechCollator(start)([{k: v for k, v in r.items() if k != "cache_row"} for r in rows])
-    cached = SpeechCollator(start, cache, kind)(rows)
-    assert "input_features" not in cached
+    light = SpeechCollator(start, readahead_for(cache))(rows)
+    assert set(light) == {"cache_rows", "labels"} and light["cache_rows"].tolist() == list(range(len(rows)))
+    cached = with_cached_encoder(light, cache, kind)
+    assert "input_features" not in cached and "cache_rows" not in cached
     model.train()
     with torch.no_grad():
         expected = model(**plain).loss.item()
