@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -105,8 +106,9 @@ def build_encoder_cache(model, dataset, folder: Path, key: str, kind: str = "sta
             bar.update(len(rows))
     encoder.train(was_training)
     del cache
-    # Copy-on-write: nothing writes to it, but torch can then wrap its rows without a copy.
-    return np.memmap(data_path, dtype=np.float16, mode="c", shape=shape)
+    # Read-only ("c", copy-on-write, would let torch wrap rows without a warning, but the kernel
+    # counts a private writable mapping as committed memory and refuses one larger than RAM).
+    return np.memmap(data_path, dtype=np.float16, mode="r", shape=shape)
 
 
 class Readahead:
@@ -149,9 +151,11 @@ def cached_inputs(cache: np.ndarray, rows: list[int], kind: str, device: Any = N
     # One pass per row, float16 straight into the float32 batch: np.stack + astype costs two extra
     # copies of ~290 MB per cross_kv batch of 16 (0.54 -> 0.17 s a step on 2 cores).
     block = torch.empty((len(rows), *cache.shape[1:]), dtype=torch.float32)
-    for j, i in enumerate(rows):
-        row = np.asarray(cache[i])
-        block[j].copy_(torch.from_numpy(row if row.flags.writeable else row.copy()))
+    with warnings.catch_warnings():
+        # torch warns that it cannot protect a read-only array from writes; it is only read here.
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        for j, i in enumerate(rows):
+            block[j].copy_(torch.from_numpy(np.asarray(cache[i])))
     if device is not None:
         block = block.to(device)
     if kind == "states":
