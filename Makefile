@@ -12,7 +12,7 @@ DEB_PACKAGES ?= espeak-ng ffmpeg chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 STAMP := build/.setup-done
 
-.PHONY: setup demo test test-fast bench bench-features bench-inference bench-app app clean
+.PHONY: setup demo test test-fast bench bench-features bench-inference bench-window bench-app app clean
 
 setup: $(STAMP)
 
@@ -44,6 +44,9 @@ bench: bench-features bench-inference bench-app
 # Benchmarks take a lock so two of them never share the 2 cores.
 bench-inference: setup  # faster-whisper int8 vs the Transformers pipeline, 5 s and 60 s clips
 	flock /tmp/whisper_sv_bench.lock $(PYTHON) bench/inference.py
+
+bench-window: setup  # after `make demo`: faster-whisper's front end vs exact features in shorter encoder windows
+	flock /tmp/whisper_sv_bench.lock $(PYTHON) bench/encoder_window.py
 
 bench-app: setup  # 20 concurrent gradio_client users on 127.0.0.1
 	flock /tmp/whisper_sv_bench.lock $(PYTHON) bench/app_load.py

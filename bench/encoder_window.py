@@ -1,0 +1,113 @@
+"""Two roads not taken for faster short clips on a CPU, measured: latency and WER on CTranslate2.
+
+Whisper's encoder always costs a full 30 s window, so on 2 cores a 5 s clip is about as slow as a
+30 s one (bench/inference.py). This measures, on the same synthetic test clips (sentences never
+trained on), greedy decoding with Swedish forced and no timestamps, int8:
+
+* ``faster-whisper``: `WhisperModel.transcribe`, faster-whisper's own front end (what the app
+  serves). Its log-mel pads short clips with zeros *after* normalising.
+* ``exact, W s``: the project's `log_mel` (identical to WhisperFeatureExtractor: the audio is
+  padded, so the padding frames hold the clip's floor value, as in training), encoded by
+  CTranslate2 in a window of the clip + 1 s, at least W s (W = 30: Whisper's own window). A
+  shorter window is proportionally cheaper, but the model was trained on 30 s windows.
+
+Writes bench/out/encoder_window.json and prints the table for docs/benchmarks.md.
+
+    flock /tmp/whisper_sv_bench.lock python bench/encoder_window.py [--model runs/cpu-demo/ct2] [--clips 100]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from itertools import islice
+from pathlib import Path
+
+import numpy as np
+
+OUT = Path(__file__).resolve().parent / "out"
+WINDOWS = (30, 20, 15, 10)
+
+
+def exact_decoder(model, window_s: int):
+    """audio -> text with the project's features and a window of the clip + 1 s, at least `window_s`."""
+    import ctranslate2
+
+    from whisper_sv.evaluate import token_budget
+    from whisper_sv.logmel import log_mel, pad_features
+
+    tok = model.hf_tokenizer
+    prompt = [tok.token_to_id(t) for t in ("<|startoftranscript|>", "<|sv|>", "<|transcribe|>", "<|notimestamps|>")]
+
+    def decode(audio: np.ndarray) -> str:
+        compact, n_frames, pad_value = log_mel(audio, model.model.n_mels)
+        frames = min(3000, max(100 * window_s, 100 * -(-(n_frames + 100) // 100)))
+        feats = np.ascontiguousarray(pad_features(compact, n_frames, pad_value)[None, :, :frames])
+        encoded = model.model.encode(ctranslate2.StorageView.from_array(feats))
+        result = model.model.generate(encoded, [prompt], beam_size=1, suppress_blank=True,
+                                      max_length=len(prompt) + token_budget(n_frames))[0]
+        return tok.decode(result.sequences_ids[0]).strip()
+
+    return decode
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default=None, help="CTranslate2 folder or model spec (default: the app's default)")
+    p.add_argument("--data", default="cv:corpus/sv-synth", help="source spec (default: %(default)s)")
+    p.add_argument("--split", default="test")
+    p.add_argument("--clips", type=int, default=100)
+    p.add_argument("--out", type=Path, default=OUT / "encoder_window.json")
+    args = p.parse_args(argv)
+
+    from faster_whisper import WhisperModel
+
+    from whisper_sv.inference import ct2_dir_for, default_model_spec
+    from whisper_sv.metrics import wer_report
+    from whisper_sv.sources import iter_clips
+
+    spec = args.model or default_model_spec()
+    ct2 = ct2_dir_for(spec)
+    if ct2 is None:
+        raise SystemExit(f"{spec} has no CTranslate2 export; run `whisper-sv export` (or `make demo`) first")
+    clips = [c for c in islice(iter_clips(args.data, args.split), args.clips) if c.audio is not None]
+    if not clips:
+        raise SystemExit(f"no clips in {args.data} ({args.split}); run `make demo` (or whisper-sv synth) first")
+    model = WhisperModel(str(ct2), device="cpu", compute_type="int8", cpu_threads=os.cpu_count() or 1)
+
+    def native(audio: np.ndarray) -> str:
+        segments, _ = model.transcribe(audio, language="sv", task="transcribe", beam_size=1, temperature=[0.0],
+                                       without_timestamps=True, condition_on_previous_text=False, vad_filter=False)
+        return " ".join(s.text.strip() for s in segments)
+
+    sides = {"faster-whisper": native, **{f"exact, {w} s": exact_decoder(model, w) for w in WINDOWS}}
+    results = {"model": spec, "ct2": str(ct2), "data": args.data, "split": args.split, "clips": len(clips),
+               "mean_clip_s": float(np.mean([len(c.audio) / 16000 for c in clips])), "sides": {}}
+    for name, decode in sides.items():
+        decode(clips[0].audio)  # warm-up
+        started = time.perf_counter()
+        texts = [decode(c.audio) for c in clips]
+        elapsed = time.perf_counter() - started
+        report = wer_report([c.sentence for c in clips], texts)
+        results["sides"][name] = {"seconds": elapsed, "per_clip_s": elapsed / len(clips),
+                                  "wer": report["wer"], "cer": report["cer"]}
+        print(f"{name}: {elapsed / len(clips):.3f} s/clip, WER {100 * report['wer']:.1f} %", flush=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2))
+    print(markdown(results))
+    return results
+
+
+def markdown(results: dict) -> str:
+    base = results["sides"]["faster-whisper"]["per_clip_s"]
+    lines = ["| decode | time per clip (s) | vs faster-whisper | WER | CER |", "|---|---:|---:|---:|---:|"]
+    for name, r in results["sides"].items():
+        lines.append(f"| {name} | {r['per_clip_s']:.3f} | {base / r['per_clip_s']:.1f}x | "
+                     f"{100 * r['wer']:.1f} % | {100 * r['cer']:.1f} % |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
