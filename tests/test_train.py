@@ -217,3 +217,13 @@ def test_encoder_cache_needs_a_frozen_encoder():
         build_config({"output_dir": "r", "train_data": "f", "encoder_cache": "states"})
     with pytest.raises(ValueError, match="encoder_cache="):
         build_config({"output_dir": "r", "train_data": "f", "encoder_cache": "all", "freeze_encoder": True})
+
+
+def test_keep_freed_memory_sets_glibc_thresholds():
+    import platform
+
+    from whisper_sv.train import keep_freed_memory
+
+    on_glibc = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
+    # mallopt answers 1 only for a parameter and value it accepts: a wrong constant fails here.
+    assert keep_freed_memory() is on_glibc

@@ -148,8 +148,9 @@ def cached_inputs(cache: np.ndarray, rows: list[int], kind: str, device: Any = N
     """Model inputs for a batch of cache rows, in place of ``input_features`` (on `device`)."""
     import torch
 
-    # One pass per row, float16 straight into the float32 batch: np.stack + astype costs two extra
-    # copies of ~290 MB per cross_kv batch of 16 (0.54 -> 0.17 s a step on 2 cores).
+    # One pass per row, float16 straight into the float32 batch: np.stack + astype made two extra
+    # copies (a cross_kv batch of 16 is ~290 MB of float16): ~0.55 -> ~0.10 s a batch on 2 cores,
+    # with train.keep_freed_memory.
     block = torch.empty((len(rows), *cache.shape[1:]), dtype=torch.float32)
     with warnings.catch_warnings():
         # torch warns that it cannot protect a read-only array from writes; it is only read here.
