@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .encoder_cache import KINDS as CACHE_KINDS
 from .models import DEFAULT_MODEL
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
@@ -84,7 +85,7 @@ class TrainConfig:
             raise ValueError("mask_time_prob and mask_feature_prob are probabilities in [0, 1]")
         if self.dropout is not None and not 0 <= self.dropout < 1:
             raise ValueError(f"dropout={self.dropout}: use a probability in [0, 1)")
-        if self.encoder_cache not in (None, "states", "cross_kv"):
+        if self.encoder_cache is not None and self.encoder_cache not in CACHE_KINDS:
             raise ValueError(f"encoder_cache={self.encoder_cache!r}: use null, \"states\" or \"cross_kv\"")
         if self.encoder_cache and (not self.freeze_encoder or self.apply_spec_augment):
             raise ValueError(

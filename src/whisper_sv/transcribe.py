@@ -1,8 +1,9 @@
 """Transcribe Swedish audio files with a Whisper model spec.
 
-`transcribe_arrays` / `transcribe_files` are the Transformers path the training code and the demo
-use: clips up to 30 s are batched; longer files go through Transformers' sequential long-form
-decoding (timestamps on, one 30 s window after another), so nothing is cut off silently.
+`transcribe_arrays` is the Transformers path (the app's Transformers backend uses it): clips up to
+30 s are batched on the same log-mel training uses; longer arrays go through Transformers'
+sequential long-form decoding (timestamps on, one 30 s window after another), so nothing is cut
+off silently. `generate_texts` is the decode step it shares with `whisper-sv evaluate`.
 
 ``whisper-sv transcribe`` serves files with the app's backend (`whisper_sv.inference`):
 faster-whisper on a CTranslate2 export when one exists, else Transformers; ``--backend`` picks.
@@ -13,14 +14,13 @@ from __future__ import annotations
 import json
 import sys
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import numpy as np
 
 from .audio import N_SAMPLES, SAMPLE_RATE, AudioError, load_audio
 from .logmel import log_mel, pad_features
-from .models import DEFAULT_MODEL, LANGUAGE, TASK, load_model
+from .models import LANGUAGE, TASK
 
 BATCH_SIZE = 8
 MAX_NEW_TOKENS = 440  # 448 decoder positions minus the prefix
@@ -78,24 +78,6 @@ def transcribe_arrays(model, processor, audios: Sequence[np.ndarray], options: D
             )
         texts[i] = processor.batch_decode(ids, skip_special_tokens=True)[0].strip()
     return [t or "" for t in texts]
-
-
-def transcribe_files(
-    paths: Iterable[str | Path], model_spec: str = DEFAULT_MODEL, options: DecodeOptions = DecodeOptions()
-) -> list[dict]:
-    """``[{"path", "text"}]`` per file, or ``{"path", "error"}`` for one that cannot be decoded."""
-    model, processor = load_model(model_spec)
-    results, audios, where = [], [], []
-    for path in paths:
-        try:
-            audios.append(load_audio(path))
-            where.append(len(results))
-            results.append({"path": str(path), "text": None})
-        except AudioError as err:
-            results.append({"path": str(path), "error": str(err)})
-    for i, text in zip(where, transcribe_arrays(model, processor, audios, options)):
-        results[i]["text"] = text
-    return results
 
 
 def add_cli(sub) -> None:
