@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from .feature_store import commit_file
 from .logmel import collate_features
 
 KINDS = ("states", "cross_kv")
@@ -185,6 +186,4 @@ def _read_meta(path: Path) -> dict:
 
 
 def _write_meta(path: Path, meta: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(meta))
-    os.replace(tmp, path)
+    commit_file(path, json.dumps(meta).encode())

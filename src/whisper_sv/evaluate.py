@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import csv
 import json
-import os
+import io
 import time
 from pathlib import Path
 from typing import Iterator
@@ -19,6 +19,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .audio import CHUNK_LENGTH
+from .feature_store import commit_file
 from .logmel import log_mel, pad_features
 from .metrics import normalize_sv, wer_report
 from .models import DEFAULT_MODEL, load_model
@@ -121,17 +122,13 @@ def evaluate(
 def write_report(report: dict, rows: list[dict], out: Path) -> None:
     """``out`` (JSON) and ``out`` with .csv (per utterance), each written atomically."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(report, indent=2, ensure_ascii=False))
-    os.replace(tmp, out)
-    csv_path = out.with_suffix(".csv")
-    tmp = csv_path.with_suffix(".csv.tmp")
-    with tmp.open("w", newline="", encoding="utf-8") as f:
-        w = csv.DictWriter(f, ["id", "reference", "hypothesis", "reference_norm", "hypothesis_norm"])
-        w.writeheader()
-        for r in rows:
-            w.writerow({**r, "reference_norm": normalize_sv(r["reference"]), "hypothesis_norm": normalize_sv(r["hypothesis"])})
-    os.replace(tmp, csv_path)
+    commit_file(out, json.dumps(report, indent=2, ensure_ascii=False).encode())
+    table = io.StringIO(newline="")
+    w = csv.DictWriter(table, ["id", "reference", "hypothesis", "reference_norm", "hypothesis_norm"])
+    w.writeheader()
+    for r in rows:
+        w.writerow({**r, "reference_norm": normalize_sv(r["reference"]), "hypothesis_norm": normalize_sv(r["hypothesis"])})
+    commit_file(out.with_suffix(".csv"), table.getvalue().encode("utf-8"))
 
 
 def add_cli(sub) -> None:

@@ -28,6 +28,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .config import TrainConfig, load_config, parse_overrides
+from .feature_store import commit_file
 from .logmel import collate_features
 from .metrics import wer_report
 from .models import load_model
@@ -142,12 +143,7 @@ def set_aside_incomplete(run_dir: Path) -> list[Path]:
 
 def _mark_complete(ckpt: Path) -> None:
     sizes = {f: (ckpt / f).stat().st_size for f in CHECKPOINT_FILES if (ckpt / f).is_file()}
-    tmp = ckpt / (COMPLETE_MARKER + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump({"sizes": sizes, "time": time.time()}, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, ckpt / COMPLETE_MARKER)
+    commit_file(ckpt / COMPLETE_MARKER, json.dumps({"sizes": sizes, "time": time.time()}).encode())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -206,9 +202,7 @@ def plot_curves(log_history: list[dict], out: str | Path) -> Path:
 
 def write_metrics(run_dir: Path, log_history: list[dict]) -> None:
     """``metrics.jsonl`` from the Trainer's log history: after a resume it is still one history."""
-    tmp = run_dir / "metrics.jsonl.tmp"
-    tmp.write_text("".join(json.dumps(h) + "\n" for h in log_history))
-    os.replace(tmp, run_dir / "metrics.jsonl")
+    commit_file(run_dir / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in log_history).encode())
 
 
 def _callbacks(cfg: TrainConfig, run_dir: Path):
