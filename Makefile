@@ -45,7 +45,7 @@ bench: bench-features bench-inference bench-app
 bench-inference: setup  # faster-whisper int8 vs the Transformers pipeline, 5 s and 60 s clips
 	flock /tmp/whisper_sv_bench.lock $(PYTHON) bench/inference.py
 
-bench-window: setup  # after `make demo`: faster-whisper's front end vs exact features in shorter encoder windows
+bench-window: setup  # after `make demo`: speed and WER of the app's encoder window (10-30 s) vs faster-whisper's own decode
 	flock /tmp/whisper_sv_bench.lock $(PYTHON) bench/encoder_window.py
 
 bench-app: setup  # 20 concurrent gradio_client users on 127.0.0.1

@@ -1,19 +1,19 @@
-"""Two roads not taken for faster short clips on a CPU, measured: latency and WER on CTranslate2.
+"""Encoder window against accuracy on CTranslate2: what the app's `min_window_s` buys and costs.
 
-Whisper's encoder always costs a full 30 s window, so on 2 cores a 5 s clip is about as slow as a
-30 s one (bench/inference.py). This measures, on the same synthetic test clips (sentences never
-trained on), greedy decoding with Swedish forced and no timestamps, int8:
+Whisper's encoder always costs a full 30 s window in Transformers, so on 2 cores a 5 s clip is about
+as slow as a 30 s one. CTranslate2 accepts a shorter window. This measures, on the same synthetic
+test clips (sentences never trained on), greedy decoding with Swedish forced and no timestamps,
+int8, no VAD (each clip is one chunk):
 
-* ``faster-whisper``: `WhisperModel.transcribe`, faster-whisper's own front end (what the app
-  serves). Its log-mel pads short clips with zeros *after* normalising.
-* ``exact, W s``: the project's `log_mel` (identical to WhisperFeatureExtractor: the audio is
-  padded, so the padding frames hold the clip's floor value, as in training), encoded by
-  CTranslate2 in a window of the clip + 1 s, at least W s (W = 30: Whisper's own window). A
-  shorter window is proportionally cheaper, but the model was trained on 30 s windows.
+* ``faster-whisper``: `WhisperModel.transcribe`, faster-whisper's own front end. Its log-mel pads
+  short clips with zeros *after* normalising, and it always encodes 30 s.
+* ``app, W s``: the app's backend (`FasterWhisperBackend.decode`): the project's `log_mel`
+  (identical to WhisperFeatureExtractor: the padding frames hold the clip's floor, as in
+  training), encoded in a window of the clip + 1 s, at least W s (W = 30: Whisper's own window).
 
 Writes bench/out/encoder_window.json and prints the table for docs/benchmarks.md.
 
-    flock /tmp/whisper_sv_bench.lock python bench/encoder_window.py [--model runs/cpu-demo/ct2] [--clips 100]
+    flock /tmp/whisper_sv_bench.lock python bench/encoder_window.py [--model runs/cpu-demo/ct2] [--clips 300]
 """
 
 from __future__ import annotations
@@ -31,40 +31,18 @@ OUT = Path(__file__).resolve().parent / "out"
 WINDOWS = (30, 20, 15, 10)
 
 
-def exact_decoder(model, window_s: int):
-    """audio -> text with the project's features and a window of the clip + 1 s, at least `window_s`."""
-    import ctranslate2
-
-    from whisper_sv.evaluate import token_budget
-    from whisper_sv.logmel import log_mel, pad_features
-
-    tok = model.hf_tokenizer
-    prompt = [tok.token_to_id(t) for t in ("<|startoftranscript|>", "<|sv|>", "<|transcribe|>", "<|notimestamps|>")]
-
-    def decode(audio: np.ndarray) -> str:
-        compact, n_frames, pad_value = log_mel(audio, model.model.n_mels)
-        frames = min(3000, max(100 * window_s, 100 * -(-(n_frames + 100) // 100)))
-        feats = np.ascontiguousarray(pad_features(compact, n_frames, pad_value)[None, :, :frames])
-        encoded = model.model.encode(ctranslate2.StorageView.from_array(feats))
-        result = model.model.generate(encoded, [prompt], beam_size=1, suppress_blank=True,
-                                      max_length=len(prompt) + token_budget(n_frames))[0]
-        return tok.decode(result.sequences_ids[0]).strip()
-
-    return decode
-
-
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default=None, help="CTranslate2 folder or model spec (default: the app's default)")
     p.add_argument("--data", default="cv:corpus/sv-synth", help="source spec (default: %(default)s)")
     p.add_argument("--split", default="test")
-    p.add_argument("--clips", type=int, default=100)
+    p.add_argument("--clips", type=int, default=300, help="test clips (default: %(default)s, all of the synthetic test split)")
     p.add_argument("--out", type=Path, default=OUT / "encoder_window.json")
     args = p.parse_args(argv)
 
     from faster_whisper import WhisperModel
 
-    from whisper_sv.inference import ct2_dir_for, default_model_spec
+    from whisper_sv.inference import FasterWhisperBackend, InferenceOptions, ct2_dir_for, default_model_spec
     from whisper_sv.metrics import wer_report
     from whisper_sv.sources import iter_clips
 
@@ -75,14 +53,19 @@ def main(argv: list[str] | None = None) -> dict:
     clips = [c for c in islice(iter_clips(args.data, args.split), args.clips) if c.audio is not None]
     if not clips:
         raise SystemExit(f"no clips in {args.data} ({args.split}); run `make demo` (or whisper-sv synth) first")
-    model = WhisperModel(str(ct2), device="cpu", compute_type="int8", cpu_threads=os.cpu_count() or 1)
+    threads = os.cpu_count() or 1
+    model = WhisperModel(str(ct2), device="cpu", compute_type="int8", cpu_threads=threads)
 
     def native(audio: np.ndarray) -> str:
         segments, _ = model.transcribe(audio, language="sv", task="transcribe", beam_size=1, temperature=[0.0],
                                        without_timestamps=True, condition_on_previous_text=False, vad_filter=False)
         return " ".join(s.text.strip() for s in segments)
 
-    sides = {"faster-whisper": native, **{f"exact, {w} s": exact_decoder(model, w) for w in WINDOWS}}
+    def app(window_s: int):
+        backend = FasterWhisperBackend(ct2, device="cpu", options=InferenceOptions(min_window_s=window_s), cpu_threads=threads)
+        return lambda audio: backend.decode([audio])[0]
+
+    sides = {"faster-whisper": native, **{f"app, {w} s": app(w) for w in WINDOWS}}
     results = {"model": spec, "ct2": str(ct2), "data": args.data, "split": args.split, "clips": len(clips),
                "mean_clip_s": float(np.mean([len(c.audio) / 16000 for c in clips])), "sides": {}}
     for name, decode in sides.items():

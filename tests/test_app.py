@@ -26,9 +26,10 @@ from whisper_sv.audio import SAMPLE_RATE, load_audio  # noqa: E402
 from whisper_sv.continuation import NO_LM, NOTHING_TO_CONTINUE, Continuer, GenerationSettings  # noqa: E402
 from whisper_sv.inference import NO_SPEECH, pick_backend  # noqa: E402
 from whisper_sv.metrics import normalize_sv, wer_report  # noqa: E402
-from whisper_sv.synth import SENTENCES, ClipJob, read_sentences, render_clip  # noqa: E402
+from whisper_sv.synth import SENTENCES, read_sentences  # noqa: E402
 
-SENTENCE = "Jag ska inte ringa dig hela tiden."  # one the packaged base gets right (see test_inference)
+from helpers import SENTENCE, render_test_clip  # noqa: E402
+
 MAX_UPLOAD_MB, MAX_SECONDS = 5, 120
 
 
@@ -64,8 +65,7 @@ def build_tiny_lm(out: Path) -> Path:
 def files(tmp_path_factory) -> SimpleNamespace:
     """The good clip and every kind of bad upload, made on the fly."""
     d = tmp_path_factory.mktemp("uploads")
-    render_clip(ClipJob(1, "test", SENTENCE, "sv+m3", 150, 50), d)
-    clip = next(d.glob("*.mp3"))
+    clip = render_test_clip(d)
     speech = load_audio(clip)
     rng = np.random.default_rng(0)
     f = SimpleNamespace(clip=clip, dir=d)
@@ -134,8 +134,12 @@ def test_upload_a_swedish_clip_get_its_transcript(client, files):
 
 
 def test_any_sample_rate_and_stereo(client, files):
+    """The same speech at 44.1 kHz stereo and 22.05 kHz FLAC reads like the 48 kHz MP3 (resampling
+    moves a few letters of the untuned base's guess, so the check is CER, not equality)."""
+    original = transcribe(client, files.clip)
     for path in (files.stereo, files.flac22k):
-        assert "ringa dig hela tiden" in normalize_sv(transcribe(client, path)), path.name
+        text = transcribe(client, path)
+        assert wer_report([original], [text])["cer"] < 0.3, (path.name, original, text)
 
 
 def test_silence_and_noise_say_no_speech(client, files):

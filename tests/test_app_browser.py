@@ -22,9 +22,9 @@ if not Path(CHROMIUM).exists():
 
 from whisper_sv.app import AppConfig, build_demo, launch  # noqa: E402
 from whisper_sv.metrics import wer_report  # noqa: E402
-from whisper_sv.synth import ClipJob, render_clip  # noqa: E402
 
-SENTENCE = "Jag ska inte ringa dig hela tiden."
+from helpers import SENTENCE, render_test_clip  # noqa: E402
+
 SCREENSHOT = Path(__file__).resolve().parents[1] / "img" / "app.png"
 # Offline and quiet: no first-run UI, no network services, no QUIC; sandbox off for containers/root.
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -34,8 +34,7 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
 def test_browser_uploads_a_clip_and_reads_the_transcript(tmp_path):
     from whisper_sv.inference import pick_backend
 
-    render_clip(ClipJob(1, "test", SENTENCE, "sv+m3", 150, 50), tmp_path)
-    clip = next(tmp_path.glob("*.mp3"))
+    clip = render_test_clip(tmp_path)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

@@ -16,7 +16,8 @@ pytest.importorskip("gradio")
 
 from whisper_sv.app import AppConfig, build_demo, launch  # noqa: E402
 from whisper_sv.continuation import Continuer  # noqa: E402
-from whisper_sv.synth import ClipJob, render_clip  # noqa: E402
+
+from helpers import render_test_clip  # noqa: E402
 
 BENCH = Path(__file__).resolve().parents[1] / "bench" / "app_load.py"
 
@@ -32,8 +33,7 @@ def test_twenty_concurrent_clients(tmp_path):
     from whisper_sv.inference import pick_backend
 
     bench = _bench()
-    render_clip(ClipJob(1, "test", "Jag ska inte ringa dig hela tiden.", "sv+m3", 150, 50), tmp_path)
-    clip = next(tmp_path.glob("*.mp3"))
+    clip = render_test_clip(tmp_path)
     cfg = AppConfig(port=bench.free_port())  # the defaults: concurrency 1, queue of 64
     demo = build_demo(cfg, transcriber=pick_backend("packaged:whisper-base"), continuer=Continuer(None))
     _, url, _ = launch(demo, cfg, block=False)

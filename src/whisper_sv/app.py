@@ -25,7 +25,7 @@ from pathlib import Path
 
 from .audio import AudioError, load_audio
 from .continuation import MAX_NEW_TOKENS, NOTHING_TO_CONTINUE, SUGGESTED_LM, Continuer, GenerationSettings
-from .inference import BACKENDS, NO_SPEECH, Transcriber, default_model_spec, pick_backend
+from .inference import BACKENDS, WINDOW_HELP, NO_SPEECH, InferenceOptions, Transcriber, default_model_spec, pick_backend
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +39,7 @@ class AppConfig:
     model: str | None = None  # None: runs/cpu-demo/ct2 if exported, else packaged:whisper-base
     lm: str | None = None  # a causal LM id or folder; None: the page says how to add one
     backend: str = "auto"
+    min_window_s: float = InferenceOptions.min_window_s  # CTranslate2 encoder window floor; 30 = Whisper's
     host: str = "127.0.0.1"  # loopback unless asked: exposing the app is a decision
     port: int = 7860
     max_upload_mb: float = 25.0  # bigger uploads get HTTP 413
@@ -53,6 +54,7 @@ class AppConfig:
             raise ValueError("max_upload_mb and max_seconds must be positive")
         if self.concurrency < 1 or self.queue_size < 1:
             raise ValueError("concurrency and queue_size must be at least 1")
+        InferenceOptions(min_window_s=self.min_window_s)  # the same range check
 
 
 def audio_error_message(err: AudioError, max_seconds: float) -> str:
@@ -70,7 +72,8 @@ def build_demo(cfg: AppConfig = AppConfig(), transcriber: Transcriber | None = N
     """The Blocks page with its two API endpoints; loads the speech model now, the LM lazily."""
     import gradio as gr
 
-    transcriber = transcriber or pick_backend(cfg.model, backend=cfg.backend)
+    transcriber = transcriber or pick_backend(cfg.model, backend=cfg.backend,
+                                              options=InferenceOptions(min_window_s=cfg.min_window_s))
     continuer = continuer or Continuer(cfg.lm)
 
     def transcribe(audio_path: str | None) -> str:
@@ -152,6 +155,7 @@ def add_cli(sub) -> None:
     p.add_argument("--model", default=None, help=f"speech model spec (default: {default_model_spec()})")
     p.add_argument("--lm", default=None, help=f"causal LM id or folder for the continuation, e.g. {SUGGESTED_LM}")
     p.add_argument("--backend", choices=BACKENDS, default=d.backend, help="inference backend (default: %(default)s)")
+    p.add_argument("--min-window", type=float, default=d.min_window_s, metavar="SECONDS", help=WINDOW_HELP)
     p.add_argument("--host", default=d.host, help="interface to listen on (default: %(default)s; 0.0.0.0 exposes it)")
     p.add_argument("--port", type=int, default=d.port, help="port (default: %(default)s)")
     p.add_argument("--max-upload-mb", type=float, default=d.max_upload_mb, help="upload size limit, HTTP 413 above (default: %(default)s)")
@@ -162,7 +166,8 @@ def add_cli(sub) -> None:
 
 
 def _run_cli(args: argparse.Namespace) -> int:
-    cfg = AppConfig(model=args.model, lm=args.lm, backend=args.backend, host=args.host, port=args.port,
+    cfg = AppConfig(model=args.model, lm=args.lm, backend=args.backend, min_window_s=args.min_window,
+                    host=args.host, port=args.port,
                     max_upload_mb=args.max_upload_mb, max_seconds=args.max_seconds,
                     concurrency=args.concurrency, queue_size=args.queue_size)
     launch(build_demo(cfg), cfg, block=True)

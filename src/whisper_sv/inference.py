@@ -1,19 +1,27 @@
 """Serving backends: one `Transcriber` protocol, faster-whisper (CTranslate2) and Transformers.
 
-Both backends share the same front and back ends, so they differ only in the decoder:
+Both backends share the same front and back ends:
 
 1. `speech_chunks` finds speech with Silero VAD (the ONNX model that ships inside the
    faster-whisper wheel, so it works offline) after a cheap energy gate. Silence and noise give no
    chunks, and the answer is `NO_SPEECH` instead of a sentence Whisper invents for empty input.
 2. Speech spans are merged into chunks of at most 30 s (one encoder window), cut in pauses, so
    long audio is transcribed in pieces and nothing is truncated.
-3. Each chunk is decoded with Swedish forced and no timestamps (the fine-tuned models are
-   trained without them; DESIGN.md), and segments Whisper itself marks as non-speech
-   (``no_speech_prob`` high *and* ``avg_logprob`` low, openai/whisper's rule) are dropped.
+3. Each chunk gets the log-mel training uses (`logmel.log_mel`) and is decoded with Swedish forced
+   and no timestamps (the fine-tuned models are trained without them; DESIGN.md); chunks Whisper
+   itself marks as non-speech (``no_speech_prob`` high *and* ``avg_logprob`` low, openai/whisper's
+   rule) are dropped.
+
+They differ in the encoder window. Transformers' Whisper encoder accepts only the full 30 s
+(3,000 frames), so a 2 s clip costs as much as a 30 s one. The CTranslate2 backend encodes a window
+fitted to the chunk (`window_frames`: the chunk + 1 s, at least ``min_window_s``, 15 s by default):
+on 2 CPU cores that makes the encoder 3-4x cheaper on a 5 s request and left WER on the synthetic
+test set unchanged (docs/benchmarks.md, `make bench-window`). ``min_window_s=30`` restores
+Whisper's own window.
 
 `pick_backend` turns a model spec into a backend: a CTranslate2 folder (``model.bin``), a training
-run with ``ct2/`` beside ``final/``, or ``packaged:whisper-base`` go to faster-whisper (int8 on
-CPU, float16 on CUDA); anything else to Transformers.
+run with ``ct2/`` beside ``final/``, or ``packaged:whisper-base`` go to CTranslate2 through
+faster-whisper (int8 on CPU, float16 on CUDA); anything else to Transformers.
 """
 
 from __future__ import annotations
@@ -22,13 +30,15 @@ import logging
 import os
 import threading
 import time
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, Sequence
 
 import numpy as np
 
-from .audio import CHUNK_LENGTH, SAMPLE_RATE
+from .audio import CHUNK_LENGTH, N_FRAMES, SAMPLE_RATE
+from .logmel import log_mel, pad_features
 from .models import LANGUAGE, PACKAGED_BASE, TASK
 
 log = logging.getLogger(__name__)
@@ -36,6 +46,8 @@ log = logging.getLogger(__name__)
 NO_SPEECH = "no speech detected"
 DEMO_RUN = Path("runs/cpu-demo")  # what the training issue's `make demo` writes (final/ and ct2/)
 BACKENDS = ("auto", "faster-whisper", "transformers")
+WINDOW_HELP = ("shortest CTranslate2 encoder window in seconds (default: %(default)g; the chunk + 1 s when longer); "
+               "30 = Whisper's own window, several times slower on short clips")
 
 # Energy gate: a clip whose loudest 30 ms frame is below this is silence; no VAD or model needed.
 SILENCE_DBFS = -60.0
@@ -47,10 +59,19 @@ class InferenceOptions:
     """How a backend decodes and what it counts as speech; change with `dataclasses.replace`."""
 
     beam_size: int = 1  # greedy: the setting the project's WER figures and the benchmark use
-    # Temperature 0 only: deterministic, and one decode per chunk. faster-whisper's default
-    # fallback (0.2 ... 1.0 when a decode looks bad) re-decodes weak audio up to five times,
-    # which made a 2 s clip take 1 to 7 s on 2 cores.
+    # Temperature 0 only: deterministic, and one decode per chunk. A fallback such as
+    # faster-whisper's default (0.2 ... 1.0 when a decode looks bad: compression ratio over
+    # `max_compression_ratio` or mean log-probability under `min_avg_logprob`) re-decodes weak
+    # audio up to five times, which made a 2 s clip take 1 to 7 s on 2 cores.
     temperatures: tuple[float, ...] = (0.0,)
+    max_compression_ratio: float = 2.4  # zlib ratio above which a decode is a repetition loop
+    # CTranslate2 encoder window (seconds): the chunk + 1 s, at least this. 30 = Whisper's own
+    # window; shorter is cheaper on short clips (the encoder is most of the cost on a CPU).
+    min_window_s: float = 15.0
+    # CPU threads for CTranslate2's decoder (None: as many as the encoder). One step of the decoder
+    # is too small to split: on 2 cores one thread decodes 2-3x faster than two. A second copy of
+    # the model (int8 base: 75 MB) runs the decoder with this many threads.
+    decode_threads: int | None = 1
     vad_threshold: float = 0.5  # Silero speech probability above which a 32 ms frame is speech
     min_silence_ms: int = 500  # a pause this long separates two speech spans
     speech_pad_ms: int = 200  # kept either side of each span so word edges are not clipped
@@ -63,6 +84,12 @@ class InferenceOptions:
             raise ValueError(f"beam_size={self.beam_size}: use 1 (greedy) or more")
         if not 0 < self.max_chunk_s <= CHUNK_LENGTH:
             raise ValueError(f"max_chunk_s={self.max_chunk_s}: Whisper windows hold at most {CHUNK_LENGTH} s")
+        if not 1 <= self.min_window_s <= CHUNK_LENGTH:
+            raise ValueError(f"min_window_s={self.min_window_s}: use 1 to {CHUNK_LENGTH} s ({CHUNK_LENGTH} = Whisper's own window)")
+        if self.decode_threads is not None and self.decode_threads < 1:
+            raise ValueError(f"decode_threads={self.decode_threads}: use 1 or more, or None for the encoder's")
+        if not self.temperatures or any(t < 0 for t in self.temperatures):
+            raise ValueError(f"temperatures={self.temperatures}: give one or more values >= 0, 0 first for greedy")
 
 
 class Transcriber(Protocol):
@@ -121,6 +148,18 @@ def speech_chunks(audio: np.ndarray, options: InferenceOptions = InferenceOption
     return [c[i : i + limit] for c in chunks for i in range(0, len(c), limit)]  # never over a window
 
 
+def window_frames(n_frames: int, min_window_s: float) -> int:
+    """Encoder input length, in log-mel frames (100 per second), for a chunk of `n_frames` frames.
+
+    The chunk plus 1 s of its floor, rounded up to a whole second, at least `min_window_s` and at
+    most Whisper's 3,000. A window fitted tightly to the clip costs several WER points (Whisper
+    always saw at least a few seconds of padding in training); 15 s cost nothing measurable on the
+    synthetic test set, 10 s about one point.
+    """
+    need = -(-(n_frames + 100) // 100) * 100
+    return int(min(N_FRAMES, max(round(min_window_s * 100), need)))
+
+
 def _join(texts: Sequence[str]) -> str:
     text = " ".join(t.strip() for t in texts if t and t.strip())
     return text or NO_SPEECH
@@ -141,38 +180,114 @@ def _cuda_available() -> bool:
 
 
 class FasterWhisperBackend:
-    """faster-whisper on a CTranslate2 Whisper folder; int8 on CPU, float16 on CUDA."""
+    """A CTranslate2 Whisper export loaded by faster-whisper; int8 on CPU, float16 on CUDA.
+
+    faster-whisper provides the model, its tokenizer and the VAD; the decode loop is ours because
+    `WhisperModel.transcribe` always encodes 30 s (and zero-pads the log-mel, unlike training).
+    Chunks of one request are encoded and decoded as one batch in a window fitted to the longest;
+    on a CPU the encoder uses every core and the decoder ``decode_threads`` (`InferenceOptions`).
+    """
+
+    batch_size = 8  # chunks per encoder call: 8 x 30 s of float32 log-mel is 7.7 MB
 
     def __init__(self, ct2_dir: str | Path, device: str = "auto", compute_type: str | None = None,
                  options: InferenceOptions = InferenceOptions(), cpu_threads: int | None = None,
                  label: str | None = None):
         from faster_whisper import WhisperModel
+        from faster_whisper.tokenizer import Tokenizer
 
         if device == "auto":
             device = "cuda" if _cuda_available() else "cpu"
         compute_type = compute_type or ("float16" if device == "cuda" else "int8")
         self.ct2_dir, self.options = Path(ct2_dir), options
+        window = "30 s window" if options.min_window_s >= CHUNK_LENGTH else f"{options.min_window_s:g}-30 s window"
         # `label` (the model spec) names the model on the page without showing server paths.
-        self.name = f"faster-whisper {compute_type} on {device} ({label or self.ct2_dir.name})"
+        self.name = f"faster-whisper {compute_type} on {device}, {window} ({label or self.ct2_dir.name})"
+        cpu_threads = cpu_threads or os.cpu_count() or 1
         self.model = WhisperModel(
-            str(self.ct2_dir), device=device, compute_type=compute_type,
-            cpu_threads=cpu_threads or os.cpu_count() or 1, local_files_only=True,
+            str(self.ct2_dir), device=device, compute_type=compute_type, cpu_threads=cpu_threads,
+            local_files_only=True,
         )
+        self.ct2 = self.decoder = self.model.model  # ctranslate2.models.Whisper: encode and generate
+        if device == "cpu" and options.decode_threads not in (None, cpu_threads):
+            import ctranslate2
+
+            self.decoder = ctranslate2.models.Whisper(str(self.ct2_dir), device="cpu", compute_type=compute_type,
+                                                      intra_threads=options.decode_threads)
+        self.tokenizer = Tokenizer(self.model.hf_tokenizer, self.ct2.is_multilingual, task=TASK, language=LANGUAGE)
+        self.prompt = [*self.tokenizer.sot_sequence, self.tokenizer.no_timestamps]
 
     def transcribe(self, audio: np.ndarray) -> str:
+        chunks = speech_chunks(audio, self.options)
         texts = []
-        for chunk in speech_chunks(audio, self.options):
-            segments, _ = self.model.transcribe(
-                chunk, language=LANGUAGE, task=TASK, beam_size=self.options.beam_size,
-                temperature=list(self.options.temperatures),
-                without_timestamps=True, condition_on_previous_text=False, vad_filter=False,
-                no_speech_threshold=self.options.no_speech_prob, log_prob_threshold=self.options.min_avg_logprob,
-            )
-            for seg in segments:  # faster-whisper already skips these; the check keeps the rule explicit
-                if seg.no_speech_prob > self.options.no_speech_prob and seg.avg_logprob < self.options.min_avg_logprob:
-                    continue
-                texts.append(seg.text)
+        for start in range(0, len(chunks), self.batch_size):
+            texts += self.decode(chunks[start : start + self.batch_size])
         return _join(texts)
+
+    def decode(self, chunks: Sequence[np.ndarray]) -> list[str]:
+        """One text per chunk (each <= 30 s); "" where Whisper says the chunk holds no speech."""
+        from .evaluate import token_budget
+
+        mels = [log_mel(chunk, self.ct2.n_mels) for chunk in chunks]
+        longest = max(n_frames for _, n_frames, _ in mels)
+        frames = window_frames(longest, self.options.min_window_s)
+        features = np.stack([pad_features(*mel)[:, :frames] for mel in mels])
+        max_length = len(self.prompt) + token_budget(longest)
+        temperatures = self.options.temperatures
+        texts = []
+        for i, decoded in enumerate(self._generate(features, temperatures[0], max_length)):
+            if len(temperatures) > 1 and self._needs_fallback(*decoded):
+                decoded = self._fallback(features[i : i + 1], decoded, max_length)
+            text, avg_logprob, no_speech_prob = decoded
+            texts.append("" if self._is_silence(avg_logprob, no_speech_prob) else text)
+        return texts
+
+    def _fallback(self, features: np.ndarray, first: tuple[str, float, float], max_length: int) -> tuple[str, float, float]:
+        """Re-decode one chunk at each higher temperature until a decode passes (openai/whisper's
+        rule); when none does, the likeliest decode that is not a repetition loop."""
+        tries = [first]
+        for temperature in self.options.temperatures[1:]:
+            decoded = self._generate(features, temperature, max_length)[0]
+            if not self._needs_fallback(*decoded):
+                return decoded
+            tries.append(decoded)
+        fine = [t for t in tries if _compression_ratio(t[0]) <= self.options.max_compression_ratio]
+        return max(fine or tries, key=lambda t: t[1])
+
+    def _generate(self, features: np.ndarray, temperature: float, max_length: int) -> list[tuple[str, float, float]]:
+        """(text, mean log-probability per token, no-speech probability) for each row of `features`."""
+        import ctranslate2
+
+        encoded = self.ct2.encode(ctranslate2.StorageView.from_array(np.ascontiguousarray(features)))
+        sampling = (dict(beam_size=1, sampling_topk=0, sampling_temperature=temperature) if temperature > 0
+                    else dict(beam_size=self.options.beam_size))
+        results = self.decoder.generate(
+            encoded, [self.prompt] * len(features), max_length=max_length, return_scores=True,
+            return_no_speech_prob=True, suppress_blank=True, suppress_tokens=[-1], **sampling,
+        )
+        out = []
+        for result in results:
+            tokens = result.sequences_ids[0]
+            # CTranslate2 returns the cumulative log-probability divided by the length (length
+            # penalty 1); openai/whisper averages over the tokens plus the end token.
+            avg_logprob = result.scores[0] * len(tokens) / (len(tokens) + 1)
+            out.append((self.tokenizer.decode(tokens).strip(), avg_logprob, result.no_speech_prob))
+        return out
+
+    def _is_silence(self, avg_logprob: float, no_speech_prob: float) -> bool:
+        return no_speech_prob > self.options.no_speech_prob and avg_logprob < self.options.min_avg_logprob
+
+    def _needs_fallback(self, text: str, avg_logprob: float, no_speech_prob: float) -> bool:
+        if self._is_silence(avg_logprob, no_speech_prob):
+            return False  # silence: a hotter decode would only invent words
+        return (_compression_ratio(text) > self.options.max_compression_ratio
+                or avg_logprob < self.options.min_avg_logprob)
+
+
+def _compression_ratio(text: str) -> float:
+    """zlib compression ratio of `text`: over ~2.4 means a repetition loop (openai/whisper)."""
+    data = text.encode("utf-8")
+    return len(data) / len(zlib.compress(data)) if data else 0.0
 
 
 class TransformersBackend:

@@ -82,7 +82,7 @@ def transcribe_arrays(model, processor, audios: Sequence[np.ndarray], options: D
 
 def add_cli(sub) -> None:
     """Register ``whisper-sv transcribe``."""
-    from .inference import BACKENDS
+    from .inference import BACKENDS, WINDOW_HELP, InferenceOptions
 
     p = sub.add_parser("transcribe", help="transcribe Swedish audio files")
     p.add_argument("files", nargs="+", metavar="FILE", help="audio files (any format ffmpeg or libsndfile reads)")
@@ -92,6 +92,7 @@ def add_cli(sub) -> None:
     p.add_argument("--backend", choices=BACKENDS, default="auto",
                    help="auto (default): faster-whisper when the model has a CTranslate2 export, else transformers")
     p.add_argument("--beam-size", type=int, default=1, help="beam size; 1 = greedy (default)")
+    p.add_argument("--min-window", type=float, default=InferenceOptions.min_window_s, metavar="SECONDS", help=WINDOW_HELP)
     p.add_argument("--json", action="store_true",
                    help='print one JSON line {"path": ..., "text": ...} per file ("text" is "" when no speech is found)')
     p.set_defaults(func=_run_cli)
@@ -100,7 +101,7 @@ def add_cli(sub) -> None:
 def _run_cli(args) -> int:
     from .inference import NO_SPEECH, InferenceOptions, pick_backend
 
-    backend = pick_backend(args.model, backend=args.backend, options=InferenceOptions(beam_size=args.beam_size))
+    backend = pick_backend(args.model, backend=args.backend, options=InferenceOptions(beam_size=args.beam_size, min_window_s=args.min_window))
     failed = False
     for path in args.files:
         try:
