@@ -188,11 +188,14 @@ def plot_curves(log_history: list[dict], out: str | Path) -> Path:
         ax2.plot([s for s, _ in evals], [100 * h["eval_wer"] for _, h in evals], "s-", color="tab:red", label="eval WER (normalised)")
         ax2.plot([s for s, _ in evals], [100 * h["eval_wer_ortho"] for _, h in evals], "^--", color="tab:orange", label="eval WER (orthographic)")
     ax2.set_ylabel("WER (%)")
-    ax2.set_ylim(bottom=0)  # an auto-zoomed axis makes a 1-point wobble look like a trend
+    # From 0 (an auto-zoomed axis makes a 1-point wobble look like a trend), with room above the top.
+    top = max((100 * h[k] for _, h in evals for k in ("eval_wer", "eval_wer_ortho") if k in h), default=0)
+    ax2.set_ylim(0, 1.15 * top if top > 0 else None)
     lines = ax.get_legend_handles_labels()[0] + ax2.get_legend_handles_labels()[0]
-    ax.legend(lines, [l.get_label() for l in lines], loc="upper right")
+    # Below the axes, so it never hides a curve (inside, it sat on the WER line at ~30 %).
+    fig.legend(lines, [l.get_label() for l in lines], loc="lower center", ncol=4, frameon=False)
     ax.set_title("Whisper fine-tuning on Swedish")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)
