@@ -12,7 +12,7 @@ DEB_PACKAGES ?= espeak-ng ffmpeg chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 STAMP := build/.setup-done
 
-.PHONY: setup demo test test-fast bench bench-features bench-inference bench-window bench-app app clean
+.PHONY: setup demo test test-fast bench bench-features bench-inference bench-window bench-threads bench-app app clean
 
 setup: $(STAMP)
 
@@ -47,6 +47,9 @@ bench-inference: setup  # faster-whisper int8 vs the Transformers pipeline, 5 s 
 
 bench-window: setup  # after `make demo`: speed and WER of the app's encoder window (10-30 s) vs faster-whisper's own decode
 	flock /tmp/whisper_sv_bench.lock $(PYTHON) bench/encoder_window.py
+
+bench-threads: setup  # CTranslate2 encoder and decoder at 1 thread vs all cores (base, small-shaped)
+	flock /tmp/whisper_sv_bench.lock $(PYTHON) bench/decode_threads.py
 
 bench-app: setup  # 20 concurrent gradio_client users on 127.0.0.1
 	flock /tmp/whisper_sv_bench.lock $(PYTHON) bench/app_load.py

@@ -69,8 +69,9 @@ class InferenceOptions:
     # window; shorter is cheaper on short clips (the encoder is most of the cost on a CPU).
     min_window_s: float = 15.0
     # CPU threads for CTranslate2's decoder (None: as many as the encoder). One step of the decoder
-    # is too small to split: on 2 cores one thread decodes 2-3x faster than two. A second copy of
-    # the model (int8 base: 75 MB) runs the decoder with this many threads.
+    # is too small to split: on 2 cores one thread decoded 2-3x faster than two for base and 1.4x
+    # for a small-shaped model (`make bench-threads`). A second copy of the model (int8 base: 75 MB)
+    # runs the decoder with this many threads; on many real cores and a large model, try None.
     decode_threads: int | None = 1
     vad_threshold: float = 0.5  # Silero speech probability above which a 32 ms frame is speech
     min_silence_ms: int = 500  # a pause this long separates two speech spans
