@@ -154,6 +154,17 @@ def test_fw_temperature_fallback(fw, spy, clip):
     assert _compression_ratio(SENTENCE) < 2.4 and _compression_ratio("") == 0.0
 
 
+def test_whisper_no_speech_rule_drops_a_chunk(fw, clip):
+    """openai/whisper's rule (no_speech_prob over the bar *and* a low mean log-probability) is what
+    drops a chunk the VAD let through; with both bars at 0 every chunk counts as silence."""
+    audio = load_audio(clip)
+    assert fw.transcribe(audio) != NO_SPEECH
+    strict = FasterWhisperBackend(fw.ct2_dir, options=InferenceOptions(no_speech_prob=0.0, min_avg_logprob=0.0))
+    assert strict.decode(speech_chunks(audio)) == [""] and strict.transcribe(audio) == NO_SPEECH
+    lenient = FasterWhisperBackend(fw.ct2_dir, options=InferenceOptions(no_speech_prob=0.0, min_avg_logprob=-100.0))
+    assert lenient.transcribe(audio) == fw.transcribe(audio)  # a likely enough decode is kept
+
+
 def test_silence_and_noise_give_no_speech(fw):
     rng = np.random.default_rng(1)
     digital = np.zeros(3 * SAMPLE_RATE, np.float32)
