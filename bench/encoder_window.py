@@ -3,13 +3,15 @@
 Whisper's encoder always costs a full 30 s window in Transformers, so on 2 cores a 5 s clip is about
 as slow as a 30 s one. CTranslate2 accepts a shorter window. This measures, on the same synthetic
 test clips (sentences never trained on), greedy decoding with Swedish forced and no timestamps,
-int8, no VAD (each clip is one chunk):
+int8; no VAD (each clip is one chunk) except on the last side:
 
 * ``faster-whisper``: `WhisperModel.transcribe`, faster-whisper's own front end. Its log-mel pads
   short clips with zeros *after* normalising, and it always encodes 30 s.
 * ``app, W s``: the app's backend (`FasterWhisperBackend.decode`): the project's `log_mel`
   (identical to WhisperFeatureExtractor: the padding frames hold the clip's floor, as in
   training), encoded in a window of the clip + 1 s, at least W s (W = 30: Whisper's own window).
+* ``app default with VAD``: `FasterWhisperBackend.transcribe` with its defaults, what the app serves:
+  the VAD trims each clip to its speech first.
 
 Writes bench/out/encoder_window.json and prints the table for docs/benchmarks.md.
 
@@ -42,7 +44,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     from faster_whisper import WhisperModel
 
-    from whisper_sv.inference import FasterWhisperBackend, InferenceOptions, ct2_dir_for, default_model_spec
+    from whisper_sv.inference import NO_SPEECH, FasterWhisperBackend, InferenceOptions, ct2_dir_for, default_model_spec
     from whisper_sv.metrics import wer_report
     from whisper_sv.sources import iter_clips
 
@@ -65,7 +67,14 @@ def main(argv: list[str] | None = None) -> dict:
         backend = FasterWhisperBackend(ct2, device="cpu", options=InferenceOptions(min_window_s=window_s), cpu_threads=threads)
         return lambda audio: backend.decode([audio])[0]
 
-    sides = {"faster-whisper": native, **{f"app, {w} s": app(w) for w in WINDOWS}}
+    served = FasterWhisperBackend(ct2, device="cpu", cpu_threads=threads)  # the app's defaults, VAD included
+
+    def app_default(audio: np.ndarray) -> str:
+        text = served.transcribe(audio)
+        return "" if text == NO_SPEECH else text
+
+    sides = {"faster-whisper": native, **{f"app, {w} s": app(w) for w in WINDOWS},
+             f"app default with VAD ({InferenceOptions.min_window_s:g} s)": app_default}
     results = {"model": spec, "ct2": str(ct2), "data": args.data, "split": args.split, "clips": len(clips),
                "mean_clip_s": float(np.mean([len(c.audio) / 16000 for c in clips])), "sides": {}}
     for name, decode in sides.items():

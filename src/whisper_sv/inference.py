@@ -8,16 +8,15 @@ Both backends share the same front and back ends:
 2. Speech spans are merged into chunks of at most 30 s (one encoder window), cut in pauses, so
    long audio is transcribed in pieces and nothing is truncated.
 3. Each chunk gets the log-mel training uses (`logmel.log_mel`) and is decoded with Swedish forced
-   and no timestamps (the fine-tuned models are trained without them; DESIGN.md); chunks Whisper
-   itself marks as non-speech (``no_speech_prob`` high *and* ``avg_logprob`` low, openai/whisper's
-   rule) are dropped.
+   and no timestamps (the fine-tuned models are trained without them; DESIGN.md).
 
-They differ in the encoder window. Transformers' Whisper encoder accepts only the full 30 s
-(3,000 frames), so a 2 s clip costs as much as a 30 s one. The CTranslate2 backend encodes a window
-fitted to the chunk (`window_frames`: the chunk + 1 s, at least ``min_window_s``, 15 s by default):
-on 2 CPU cores that makes the encoder 3-4x cheaper on a 5 s request and left WER on the synthetic
-test set unchanged (docs/benchmarks.md, `make bench-window`). ``min_window_s=30`` restores
-Whisper's own window.
+The CTranslate2 backend also drops chunks Whisper itself marks as non-speech (``no_speech_prob``
+high *and* ``avg_logprob`` low, openai/whisper's rule). The backends differ in the encoder window:
+Transformers' Whisper encoder accepts only the full 30 s (3,000 frames), so a 2 s clip costs as
+much as a 30 s one. The CTranslate2 backend encodes a window fitted to the chunk (`window_frames`:
+the chunk + 1 s, at least ``min_window_s``, 15 s by default): on 2 CPU cores that makes the encoder
+3-4x cheaper on a 5 s request and left WER on the synthetic test set unchanged (docs/benchmarks.md,
+`make bench-window`). ``min_window_s=30`` restores Whisper's own window.
 
 `pick_backend` turns a model spec into a backend: a CTranslate2 folder (``model.bin``), a training
 run with ``ct2/`` beside ``final/``, or ``packaged:whisper-base`` go to CTranslate2 through
@@ -69,9 +68,9 @@ class InferenceOptions:
     # window; shorter is cheaper on short clips (the encoder is most of the cost on a CPU).
     min_window_s: float = 15.0
     # CPU threads for CTranslate2's decoder (None: as many as the encoder). One step of the decoder
-    # is too small to split: on 2 cores one thread decoded 2-3x faster than two for base and 1.4x
-    # for a small-shaped model (`make bench-threads`). A second copy of the model (int8 base: 75 MB)
-    # runs the decoder with this many threads; on many real cores and a large model, try None.
+    # is too small to split: on 2 cores one thread decoded 2-3x faster than two for base and
+    # 1.1-1.6x for a small-shaped model (`make bench-threads`). A second copy of the model (int8
+    # base: 75 MB) runs the decoder with this many threads; on many cores and a large model, try None.
     decode_threads: int | None = 1
     vad_threshold: float = 0.5  # Silero speech probability above which a 32 ms frame is speech
     min_silence_ms: int = 500  # a pause this long separates two speech spans
