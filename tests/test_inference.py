@@ -18,6 +18,7 @@ from whisper_sv.inference import (
     InferenceOptions,
     _compression_ratio,
     ct2_dir_for,
+    ct2_max_length,
     default_model_spec,
     peak_dbfs,
     pick_backend,
@@ -117,6 +118,20 @@ def test_window_frames():
         InferenceOptions(temperatures=())
     with pytest.raises(ValueError, match="decode_threads"):
         InferenceOptions(decode_threads=0)
+
+
+def test_ct2_max_length_gives_the_whole_token_budget(fw):
+    """CTranslate2 emits at most max_length // 2 tokens: `ct2_max_length` must ask for twice the
+    budget, or a 2 s clip gets 20 tokens where evaluation (Transformers) allows 40."""
+    import ctranslate2
+
+    features = (np.random.default_rng(0).standard_normal((1, 80, 1500)) * 0.3).astype(np.float32)
+    encoded = fw.ct2.encode(ctranslate2.StorageView.from_array(features))
+    for budget in (40, 300, 444):
+        result = fw.decoder.generate(encoded, [fw.prompt], beam_size=1, max_length=ct2_max_length(budget, len(fw.prompt)),
+                                     suppress_tokens=[-1, fw.tokenizer.eot])  # no end token: runs to the limit
+        assert len(result[0].sequences_ids[0]) == budget
+    assert ct2_max_length(440, 4) == 880 and ct2_max_length(1000, 4) == 888  # 4 + 444 = 448 positions
 
 
 def test_fw_encodes_a_window_fitted_to_the_speech(fw, spy, clip):

@@ -160,6 +160,20 @@ def window_frames(n_frames: int, min_window_s: float) -> int:
     return int(min(N_FRAMES, max(round(min_window_s * 100), need)))
 
 
+MAX_TARGET_POSITIONS = 448  # Whisper's decoder positions, prompt included
+
+
+def ct2_max_length(new_tokens: int, prompt_length: int = 4) -> int:
+    """The ``max_length`` that lets CTranslate2's Whisper `generate` emit `new_tokens` tokens.
+
+    CTranslate2 generates at most ``max_length // 2`` tokens whatever the prompt (openai/whisper's
+    ``sample_len = n_text_ctx // 2``; measured with the end token suppressed: 100 -> 50, 448 -> 224,
+    888 -> 444), so passing prompt + budget, as for Transformers' ``max_length``, halves the budget.
+    Capped so prompt and tokens fit the decoder's 448 positions.
+    """
+    return 2 * min(new_tokens, MAX_TARGET_POSITIONS - prompt_length)
+
+
 def _join(texts: Sequence[str]) -> str:
     text = " ".join(t.strip() for t in texts if t and t.strip())
     return text or NO_SPEECH
@@ -232,7 +246,7 @@ class FasterWhisperBackend:
         longest = max(n_frames for _, n_frames, _ in mels)
         frames = window_frames(longest, self.options.min_window_s)
         features = np.stack([pad_features(*mel)[:, :frames] for mel in mels])
-        max_length = len(self.prompt) + token_budget(longest)
+        max_length = ct2_max_length(token_budget(longest), len(self.prompt))
         temperatures = self.options.temperatures
         texts = []
         for i, decoded in enumerate(self._generate(features, temperatures[0], max_length)):
