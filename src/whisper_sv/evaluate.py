@@ -9,8 +9,8 @@ Swedish and transcription forced.
 from __future__ import annotations
 
 import csv
-import json
 import io
+import json
 import time
 from pathlib import Path
 from typing import Iterator
@@ -24,19 +24,9 @@ from .logmel import log_mel, pad_features
 from .metrics import normalize_sv, wer_report
 from .models import DEFAULT_MODEL, load_model
 from .sources import iter_clips
-from .transcribe import MAX_NEW_TOKENS, generate_texts
+from .transcribe import generate_texts, token_budget
 
 BATCH_SIZE = 16
-# Generation budget: no real speech reaches 10 tokens a second, so this cuts only runaway loops
-# (a hallucinating clip would otherwise hold its whole batch for 440 decoder steps); a clipped
-# loop still counts as the insertions it made.
-TOKENS_PER_SECOND = 10
-MIN_NEW_TOKENS = 16
-
-
-def token_budget(n_frames: int) -> int:
-    """``max_new_tokens`` for a clip of `n_frames` mel frames (100 per second)."""
-    return min(MAX_NEW_TOKENS, MIN_NEW_TOKENS + -(-TOKENS_PER_SECOND * n_frames // 100))
 
 
 def _is_feature_store(data: str) -> bool:

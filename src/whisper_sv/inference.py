@@ -39,6 +39,7 @@ import numpy as np
 from .audio import CHUNK_LENGTH, N_FRAMES, SAMPLE_RATE
 from .logmel import log_mel, pad_features
 from .models import LANGUAGE, PACKAGED_BASE, TASK
+from .transcribe import DECODER_POSITIONS, token_budget
 
 log = logging.getLogger(__name__)
 
@@ -160,9 +161,6 @@ def window_frames(n_frames: int, min_window_s: float) -> int:
     return int(min(N_FRAMES, max(round(min_window_s * 100), need)))
 
 
-MAX_TARGET_POSITIONS = 448  # Whisper's decoder positions, prompt included
-
-
 def ct2_max_length(new_tokens: int, prompt_length: int = 4) -> int:
     """The ``max_length`` that lets CTranslate2's Whisper `generate` emit `new_tokens` tokens.
 
@@ -171,7 +169,7 @@ def ct2_max_length(new_tokens: int, prompt_length: int = 4) -> int:
     888 -> 444), so passing prompt + budget, as for Transformers' ``max_length``, halves the budget.
     Capped so prompt and tokens fit the decoder's 448 positions.
     """
-    return 2 * min(new_tokens, MAX_TARGET_POSITIONS - prompt_length)
+    return 2 * min(new_tokens, DECODER_POSITIONS - prompt_length)
 
 
 def _join(texts: Sequence[str]) -> str:
@@ -240,8 +238,6 @@ class FasterWhisperBackend:
 
     def decode(self, chunks: Sequence[np.ndarray]) -> list[str]:
         """One text per chunk (each <= 30 s); "" where Whisper says the chunk holds no speech."""
-        from .evaluate import token_budget
-
         mels = [log_mel(chunk, self.ct2.n_mels) for chunk in chunks]
         longest = max(n_frames for _, n_frames, _ in mels)
         frames = window_frames(longest, self.options.min_window_s)

@@ -308,8 +308,8 @@ def keep_freed_memory() -> bool:
     A CPU step allocates and frees the same few hundred MB (a cached cross_kv batch is ~580 MB);
     by default each block above 32 MB is a fresh mmap, so every step pays page faults to zero it
     again. Raising the mmap and trim thresholds cut reading a cached batch from ~0.55 to ~0.15 s
-    and, with that, a cpu-demo step from ~2.3 to ~1.3 s on 2 cores (docs/benchmarks.md). The process's resident memory stays at its
-    peak instead of breathing. A no-op (False) where the C library is not glibc.
+    and, with that, a cpu-demo step from ~2.3 to ~1.3 s on 2 cores (docs/benchmarks.md). The
+    process's resident memory stays at its peak instead of breathing. A no-op (False) where the C library is not glibc.
     """
     import ctypes
     import ctypes.util

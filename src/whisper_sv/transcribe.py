@@ -23,7 +23,19 @@ from .logmel import log_mel, pad_features
 from .models import LANGUAGE, TASK
 
 BATCH_SIZE = 8
-MAX_NEW_TOKENS = 440  # 448 decoder positions minus the prefix
+DECODER_POSITIONS = 448  # Whisper's decoder positions, prompt included
+MAX_NEW_TOKENS = DECODER_POSITIONS - 8  # 440: room for the prefix
+# Generation budget: no real speech reaches 10 tokens a second, so this cuts only runaway loops
+# (a hallucinating clip would otherwise hold its whole batch for 440 decoder steps); a clipped
+# loop still counts as the insertions it made.
+TOKENS_PER_SECOND = 10
+MIN_NEW_TOKENS = 16
+
+
+def token_budget(n_frames: int) -> int:
+    """``max_new_tokens`` for a clip of `n_frames` mel frames (100 per second); evaluation and
+    the app's CTranslate2 backend both decode with it."""
+    return min(MAX_NEW_TOKENS, MIN_NEW_TOKENS + -(-TOKENS_PER_SECOND * n_frames // 100))
 
 
 @dataclass(frozen=True)
