@@ -4,7 +4,8 @@ Spaces runs this file and sets ``GRADIO_SERVER_NAME=0.0.0.0``; locally it listen
 Settings come from the environment so a Space needs no code change:
 ``WHISPER_SV_MODEL`` (speech model spec), ``WHISPER_SV_LM`` (causal LM id or folder, e.g.
 AI-Sweden-Models/gpt-sw3-126m), ``WHISPER_SV_MAX_UPLOAD_MB``, ``WHISPER_SV_MAX_SECONDS``,
-``WHISPER_SV_MIN_WINDOW`` (shortest encoder window in seconds; 30 = Whisper's own).
+``WHISPER_SV_MIN_WINDOW`` (shortest encoder window in seconds; 30 = Whisper's own),
+``WHISPER_SV_UPLOAD_DIR`` (the upload folder, emptied at start-up; default <temp>/whisper-sv-uploads).
 The same app is ``whisper-sv app`` on the command line.
 """
 
@@ -27,6 +28,7 @@ cfg = AppConfig(
     max_upload_mb=float(os.environ.get("WHISPER_SV_MAX_UPLOAD_MB", AppConfig.max_upload_mb)),
     max_seconds=float(os.environ.get("WHISPER_SV_MAX_SECONDS", AppConfig.max_seconds)),
     min_window_s=float(os.environ.get("WHISPER_SV_MIN_WINDOW", AppConfig.min_window_s)),
+    upload_dir=os.environ.get("WHISPER_SV_UPLOAD_DIR") or None,
 )
 demo = build_demo(cfg)
 

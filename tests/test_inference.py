@@ -19,6 +19,7 @@ from whisper_sv.inference import (
     _compression_ratio,
     ct2_dir_for,
     ct2_max_length,
+    cut_repetitions,
     default_model_spec,
     peak_dbfs,
     pick_backend,
@@ -281,3 +282,33 @@ def test_decoding_cap_stops_a_compressed_bomb_early(tmp_path):
     tracemalloc.stop()
     assert err.value.reason == "too_long"
     assert elapsed < 5 and peak < 64 << 20  # the full decode would be 330 MB of float32 at 8 kHz
+
+
+def test_cut_repetitions_keeps_each_looping_group_once():
+    loop = "Hej och välkommen. " + "Tack. " * 100 + "Vi ses."
+    assert cut_repetitions(loop) == "Hej och välkommen. Tack. Vi ses."
+    assert cut_repetitions("jag vet jag vet, " * 60 + "slut") == "jag vet slut"
+    assert cut_repetitions("L " * 300) == "L"
+    # Text that does not compress like a loop is left alone, repeats and all.
+    for text in (SENTENCE, "nej nej nej", "Vi ses i morgon bitti. Vi ses i morgon bitti."):
+        assert cut_repetitions(text) == text
+
+
+def test_every_chunk_gets_the_loop_check_with_the_default_single_temperature(fw, clip, monkeypatch):
+    """7cf0c72 ran the compression-ratio check only inside the temperature fallback, which the
+    default (one temperature) never enters: a looping decode was served as is (issue #13)."""
+    assert fw.options.temperatures == (0.0,)
+    loop = "jag är inte så inget att " * 50
+    monkeypatch.setattr(fw, "_generate", lambda features, t, n: [(loop.strip(), -0.3, 0.01)] * len(features))
+    assert fw.transcribe(load_audio(clip)) == "jag är inte så inget att"
+
+
+def test_transformers_backend_cuts_loops_too(monkeypatch, clip):
+    import whisper_sv.transcribe as transcribe_module
+    from whisper_sv.inference import TransformersBackend
+
+    backend = TransformersBackend.__new__(TransformersBackend)  # no model: transcribe_arrays is stubbed
+    backend.model = backend.processor = None
+    backend.options, backend._lock = InferenceOptions(), __import__("threading").Lock()
+    monkeypatch.setattr(transcribe_module, "transcribe_arrays", lambda m, p, chunks, o: ["ja " * 200] * len(chunks))
+    assert backend.transcribe(load_audio(clip)) == "ja"

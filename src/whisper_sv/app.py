@@ -5,10 +5,21 @@ The page and the API are the same two functions: ``/transcribe`` (audio file -> 
 page shows. It is built to be exposed:
 
 * uploads over ``max_upload_mb`` are refused by Gradio with HTTP 413 before they reach the model;
-* every upload goes through `whisper_sv.audio.load_audio` with ``max_seconds``, which stops
-  decoding as soon as the clip is too long, so a small file that expands to hours is refused
-  without the memory; any sample rate and channel count is mixed down and resampled;
-* empty, silent, corrupt and non-audio input gets a plain message, never a traceback;
+  `RequestLimits` refuses, with 413 and a message, an upload request with more than
+  ``max_files_per_upload`` files or bytes, and any other request body over `MAX_BODY_BYTES`;
+* uploads live in the app's own folder (`UploadFolder`) and are deleted ``upload_ttl_s`` after
+  they arrive (Gradio's ``delete_cache``; not at once, since identical uploads share one path and
+  the page replays and re-sends its upload), and all at start-up and shutdown; new uploads get
+  HTTP 503 while the folder holds ``max_upload_store_mb``;
+* every upload goes through `whisper_sv.audio.load_audio` with ``max_seconds``: it decodes only
+  audio containers named by their bytes (a playlist named ``x.mp3`` that points at a server file
+  is refused, never opened), stops as soon as the clip is too long or holds too many samples, so a
+  small file that expands to hours is refused without the memory; any sample rate and channel
+  count is mixed down and resampled;
+* ``/continue`` refuses text over `MAX_TEXT_CHARS` before tokenising it and refuses or clamps
+  generation settings the model cannot run;
+* every failure is one plain message for the client and one line in the server log, never a
+  traceback or an empty ``error: null`` (issue #13);
 * the queue has a size limit and each model runs ``concurrency`` requests at a time;
 * Gradio serves only its own upload cache and static files; the working folder and the model
   cache are blocked explicitly as well.
@@ -18,18 +29,32 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
+import re
+import shutil
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .audio import AudioError, load_audio
-from .continuation import MAX_NEW_TOKENS, NOTHING_TO_CONTINUE, SUGGESTED_LM, Continuer, GenerationSettings
+from .audio import FORMAT_NAMES, AudioError, load_audio
+from .continuation import (
+    MAX_NEW_TOKENS,
+    MAX_TEXT_CHARS,
+    NOTHING_TO_CONTINUE,
+    SUGGESTED_LM,
+    Continuer,
+    GenerationSettings,
+    check_text,
+)
 from .inference import BACKENDS, WINDOW_HELP, NO_SPEECH, InferenceOptions, Transcriber, default_model_spec, pick_backend
 
 log = logging.getLogger(__name__)
 
 TITLE = "Svenska: tala, läs, fortsätt"
+MAX_BODY_BYTES = 1 << 20  # any request but an upload: /continue's 20,000 characters fit many times
+_MULTIPART_OVERHEAD = 64 << 10  # part headers and boundaries around the files of one upload
 
 
 @dataclass(frozen=True)
@@ -43,6 +68,12 @@ class AppConfig:
     host: str = "127.0.0.1"  # loopback unless asked: exposing the app is a decision
     port: int = 7860
     max_upload_mb: float = 25.0  # bigger uploads get HTTP 413
+    max_files_per_upload: int = 1  # the page sends one file per upload; more get HTTP 413
+    # None: <temp>/whisper-sv-uploads. Set as GRADIO_TEMP_DIR, which Gradio reads at every check:
+    # one folder per process, and apps started in one process must share it.
+    upload_dir: str | None = None
+    upload_ttl_s: float = 600.0  # uploads are deleted this long after they arrive
+    max_upload_store_mb: float = 1024.0  # new uploads get HTTP 503 while the folder holds this much
     max_seconds: float = 600.0  # decoded audio longer than this is refused while decoding
     concurrency: int = 1  # requests each model runs at once (2 CPU cores: one is fastest)
     queue_size: int = 64  # waiting requests beyond this are turned away ("queue is full")
@@ -52,9 +83,17 @@ class AppConfig:
             raise ValueError(f"backend={self.backend!r}: choose one of {', '.join(BACKENDS)}")
         if self.max_upload_mb <= 0 or self.max_seconds <= 0:
             raise ValueError("max_upload_mb and max_seconds must be positive")
+        if self.max_files_per_upload < 1 or self.upload_ttl_s <= 0 or self.max_upload_store_mb < self.max_upload_mb:
+            raise ValueError("max_files_per_upload must be at least 1, upload_ttl_s positive and "
+                             "max_upload_store_mb at least max_upload_mb")
         if self.concurrency < 1 or self.queue_size < 1:
             raise ValueError("concurrency and queue_size must be at least 1")
         InferenceOptions(min_window_s=self.min_window_s)  # the same range check
+
+    @property
+    def upload_folder(self) -> Path:
+        """Where Gradio stores this app's uploads."""
+        return Path(self.upload_dir or Path(tempfile.gettempdir()) / "whisper-sv-uploads").resolve()
 
 
 def audio_error_message(err: AudioError, max_seconds: float) -> str:
@@ -62,44 +101,209 @@ def audio_error_message(err: AudioError, max_seconds: float) -> str:
     return {
         "missing": "No audio arrived: record with the microphone or upload a file.",
         "empty": "The file holds no audio (0 samples): record or upload a clip with sound in it.",
-        "undecodable": "Cannot read this file as audio: it is corrupt or not an audio file.",
+        "undecodable": f"Cannot read this file as audio: it is corrupt or not an audio file. Upload {FORMAT_NAMES}.",
         "too_long": f"The audio is longer than the {max_seconds:g} s limit: upload a shorter clip.",
+        "too_large": ("The audio holds too many samples (a very high sample rate or many channels): "
+                      "upload mono or stereo at 48 kHz or less."),
     }.get(err.reason, "Cannot use this audio.")
+
+
+class UploadFolder:
+    """The app's upload folder (Gradio's cache: one ``<sha256>/<name>`` folder per distinct upload).
+
+    Only entries Gradio makes are ever deleted (hex-named folders, ``tmp*`` part files), so a
+    folder shared by mistake loses nothing else.
+    """
+
+    _ENTRY = re.compile(r"^([0-9a-f]{40}|[0-9a-f]{64}|tmp\w+)$")
+
+    def __init__(self, path: Path, ttl_s: float, max_bytes: float, sweep_every_s: float = 60.0):
+        self.path, self.ttl_s, self.max_bytes, self.sweep_every_s = Path(path), ttl_s, max_bytes, sweep_every_s
+        self._last_sweep = 0.0
+
+    def entries(self) -> list[Path]:
+        if not self.path.is_dir():
+            return []
+        return [e for e in self.path.iterdir() if self._ENTRY.match(e.name)]
+
+    def size(self) -> int:
+        """Bytes in the folder's entries."""
+        total = 0
+        for entry in self.entries():
+            for f in entry.rglob("*") if entry.is_dir() else [entry]:
+                try:
+                    total += f.lstat().st_size if f.is_file() else 0
+                except OSError:  # deleted while we count
+                    continue
+        return total
+
+    def sweep(self, older_than_s: float | None = None) -> int:
+        """Delete entries that arrived more than `older_than_s` (default: the TTL) ago; returns how many."""
+        cutoff = time.time() - (self.ttl_s if older_than_s is None else older_than_s)
+        deleted = 0
+        for entry in self.entries():
+            try:
+                stats = [entry.lstat()] + ([f.lstat() for f in entry.iterdir()] if entry.is_dir() else [])
+                if max(max(st.st_mtime, st.st_ctime) for st in stats) > cutoff:
+                    continue
+                if entry.is_dir():
+                    shutil.rmtree(entry)
+                else:
+                    entry.unlink()
+                deleted += 1
+            except OSError:  # deleted meanwhile by Gradio's own sweep
+                continue
+        self._last_sweep = time.monotonic()
+        return deleted
+
+    def admit(self) -> bool:
+        """Whether a new upload fits: sweeps old entries first when due or when the folder is full."""
+        if time.monotonic() - self._last_sweep > self.sweep_every_s:
+            self.sweep()
+        if self.size() <= self.max_bytes:
+            return True
+        self.sweep()
+        return self.size() <= self.max_bytes
+
+
+class RequestLimits:
+    """ASGI middleware: what one HTTP request may send, checked before and while Gradio reads it.
+
+    An upload (``POST .../upload``) may carry ``max_files`` files and ``max_files`` x the file
+    limit in bytes, and is admitted only while the upload folder has room; any other request body
+    may be `MAX_BODY_BYTES`. The declared length is checked first; a body without one is counted as
+    it streams and cut off at the limit, as is an upload with too many parts (Gradio then deletes
+    its part files). Refusals are HTTP 413 (503 for a full folder) with a one-line message.
+    """
+
+    def __init__(self, app, max_file_bytes: int, max_files: int, folder: UploadFolder):
+        self.app, self.max_files, self.folder = app, max_files, folder
+        self.max_upload_bytes = max_files * max_file_bytes + _MULTIPART_OVERHEAD
+        self.file_limit = f"{max_files} file{'s' if max_files > 1 else ''} of at most {max_file_bytes / (1 << 20):g} MB"
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
+            return await self.app(scope, receive, send)
+        from starlette.formparsers import MultiPartException
+
+        headers = {k.lower(): v for k, v in scope["headers"]}
+        upload = scope["path"].rstrip("/").endswith("/upload")
+        limit = self.max_upload_bytes if upload else MAX_BODY_BYTES
+        too_big = (f"Upload at most {self.file_limit} per request." if upload
+                   else f"The request body is over {MAX_BODY_BYTES >> 10} KB: send less text.")
+        try:
+            declared = int(headers.get(b"content-length", b"0"))
+        except ValueError:
+            return await _plain(send, 400, "Invalid Content-Length header.")
+        if declared > limit:
+            log.warning("refused request to %s: %d bytes declared: %s", scope["path"], declared, too_big)
+            return await _plain(send, 413, too_big)
+        if upload and not self.folder.admit():
+            log.warning("refused upload: the upload folder is full")
+            return await _plain(send, 503, "The server holds too many uploads right now: try again in a few minutes.")
+        boundary = _boundary(headers.get(b"content-type", b"")) if upload else None
+        state = {"bytes": 0, "delimiters": 0, "tail": b"", "refused": None, "started": False}
+
+        async def counted_receive():
+            message = await receive()
+            if message["type"] == "http.request" and not state["refused"]:
+                body = message.get("body", b"")
+                state["bytes"] += len(body)
+                if boundary:  # n parts have n + 1 delimiters; the tail catches one split across messages
+                    window = state["tail"] + body
+                    state["delimiters"] += window.count(boundary)
+                    state["tail"] = window[-len(boundary) + 1 :]
+                if state["bytes"] > limit:
+                    state["refused"] = (413, too_big)
+                elif state["delimiters"] > self.max_files + 1:
+                    state["refused"] = (413, f"Too many files in one upload: {self.file_limit} per request.")
+                if state["refused"]:
+                    log.warning("refused request to %s: %s", scope["path"], state["refused"][1])
+                    raise MultiPartException(state["refused"][1])  # Gradio's parser deletes its part files
+            return message
+
+        async def guarded_send(message):
+            if state["refused"]:
+                return  # the app's own answer to a request cut off above
+            state["started"] = True
+            await send(message)
+
+        try:
+            await self.app(scope, counted_receive, guarded_send)
+        except Exception:
+            if not state["refused"]:
+                raise
+        if state["refused"] and not state["started"]:
+            await _plain(send, *state["refused"])
+
+
+def _boundary(content_type: bytes) -> bytes | None:
+    match = re.search(rb'boundary="?([^";]+)"?', content_type)
+    return b"--" + match.group(1) if match else None
+
+
+async def _plain(send, status: int, text: str) -> None:
+    body = (text + "\n").encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
 
 
 def build_demo(cfg: AppConfig = AppConfig(), transcriber: Transcriber | None = None,
                continuer: Continuer | None = None):
     """The Blocks page with its two API endpoints; loads the speech model now, the LM lazily."""
+    # Gradio reads its cache folder from the environment at every check, so it is per process:
+    # the app's own folder, which start-up and shutdown may empty (see `UploadFolder`).
+    os.environ["GRADIO_TEMP_DIR"] = str(cfg.upload_folder)
     import gradio as gr
 
     transcriber = transcriber or pick_backend(cfg.model, backend=cfg.backend,
                                               options=InferenceOptions(min_window_s=cfg.min_window_s))
     continuer = continuer or Continuer(cfg.lm)
+    folder = UploadFolder(cfg.upload_folder, cfg.upload_ttl_s, cfg.max_upload_store_mb * (1 << 20))
+
+    def refuse(message: str) -> gr.Error:
+        return gr.Error(message, print_exception=False)  # the reason is logged in one line instead
 
     def transcribe(audio_path: str | None) -> str:
-        """Transcribe one Swedish audio file (any format ffmpeg reads) to text."""
+        """Transcribe one Swedish audio file (WAV, FLAC, MP3, OGG/Opus, M4A, WebM, ...) to text."""
         if not audio_path:
-            raise gr.Error("No audio: record with the microphone or upload a file.")
+            raise refuse("No audio: record with the microphone or upload a file.")
         if os.path.isfile(audio_path) and os.path.getsize(audio_path) == 0:
-            raise gr.Error("The file is empty (0 bytes): record or upload a clip with sound in it.")
+            log.info("refused upload: %s: 0 bytes", Path(audio_path).name)
+            raise refuse("The file is empty (0 bytes): record or upload a clip with sound in it.")
         try:
             audio = load_audio(audio_path, max_seconds=cfg.max_seconds)
         except AudioError as err:
-            log.info("refused upload: %s", err)
-            raise gr.Error(audio_error_message(err, cfg.max_seconds)) from None
-        return transcriber.transcribe(audio)
+            log.info("refused upload (%s): %s", err.reason, err)
+            # Not deleted here: identical uploads share one path, and another request may hold it.
+            raise refuse(audio_error_message(err, cfg.max_seconds)) from None
+        try:
+            return transcriber.transcribe(audio)
+        except Exception as err:  # a bug or a broken model: a message, not `error: null`
+            log.error("transcription failed: %s: %s", type(err).__name__, err)
+            raise refuse("Transcription failed on the server: try again, or another clip.") from None
 
     def continue_text(text: str, length: float = 40, temperature: float = 0.8) -> str:
         """Continue Swedish text with the configured causal language model."""
         if not text or text.strip() == NO_SPEECH:
             return NOTHING_TO_CONTINUE
         try:
+            check_text(text)  # before any tokenising
+            if not (math.isfinite(float(length)) and math.isfinite(float(temperature))):
+                raise ValueError("length and temperature must be numbers")
             settings = GenerationSettings(max_new_tokens=int(length), temperature=float(temperature))
-        except ValueError as err:
-            raise gr.Error(str(err)) from None
-        return continuer.continue_text(text, settings)
+        except (TypeError, ValueError) as err:
+            log.info("refused continuation: %s", err)
+            raise refuse(str(err)) from None
+        try:
+            return continuer.continue_text(text, settings)
+        except Exception as err:
+            log.error("continuation failed: %s: %s", type(err).__name__, err)
+            raise refuse("The language model failed on this text: try other settings or another text.") from None
 
-    with gr.Blocks(title=TITLE, analytics_enabled=False) as demo:
+    with gr.Blocks(title=TITLE, analytics_enabled=False,
+                   delete_cache=(min(60, math.ceil(cfg.upload_ttl_s)), math.ceil(cfg.upload_ttl_s))) as demo:
         gr.Markdown(
             f"# {TITLE}\nTala eller ladda upp svenskt tal (högst {cfg.max_seconds:g} s, "
             f"{cfg.max_upload_mb:g} MB), läs transkriptionen och låt en svensk språkmodell fortsätta texten.\n\n"
@@ -110,7 +314,7 @@ def build_demo(cfg: AppConfig = AppConfig(), transcriber: Transcriber | None = N
                 audio = gr.Audio(sources=["microphone", "upload"], type="filepath", label="Swedish speech")
                 transcribe_btn = gr.Button("Transcribe", variant="primary")
             with gr.Column():
-                transcript = gr.Textbox(label="Transcript", lines=4, elem_id="transcript")
+                transcript = gr.Textbox(label="Transcript", lines=4, elem_id="transcript", max_length=MAX_TEXT_CHARS)
         lm_status = gr.Markdown(continuer.status, elem_id="lm-status")
         with gr.Row():
             length = gr.Slider(1, MAX_NEW_TOKENS, value=40, step=1, label="Length (new tokens)")
@@ -125,6 +329,7 @@ def build_demo(cfg: AppConfig = AppConfig(), transcriber: Transcriber | None = N
                            api_name="continue", concurrency_id="lm", concurrency_limit=cfg.concurrency
                            ).then(lambda: continuer.status, None, lm_status, api_visibility="private", queue=False)
     demo.queue(max_size=cfg.queue_size, default_concurrency_limit=cfg.concurrency)
+    demo.upload_folder = folder  # `launch` empties it and guards it
     return demo
 
 
@@ -139,12 +344,21 @@ def blocked_paths(upload_dir: str | Path) -> list[str]:
 
 
 def launch(demo, cfg: AppConfig, block: bool = True):
-    """Start the server with the upload, queue and file-serving limits; returns (app, local_url, share_url)."""
-    upload_dir = os.environ.get("GRADIO_TEMP_DIR") or Path(tempfile.gettempdir()) / "gradio"
+    """Start the server with the upload, queue and file-serving limits; returns (app, local_url, share_url).
+
+    Uploads left by an earlier run are deleted first."""
+    from starlette.middleware import Middleware
+
+    folder: UploadFolder = demo.upload_folder
+    stale = folder.sweep(older_than_s=0)
+    if stale:
+        log.info("deleted %d upload(s) left in %s by an earlier run", stale, folder.path)
+    max_file_bytes = int(cfg.max_upload_mb * 1024 * 1024)
+    limits = Middleware(RequestLimits, max_file_bytes=max_file_bytes, max_files=cfg.max_files_per_upload, folder=folder)
     return demo.launch(
-        server_name=cfg.host, server_port=cfg.port, max_file_size=int(cfg.max_upload_mb * 1024 * 1024),
-        blocked_paths=blocked_paths(upload_dir), allowed_paths=[], show_error=False, ssr_mode=False,
-        prevent_thread_lock=not block, quiet=not block, footer_links=["api"],
+        server_name=cfg.host, server_port=cfg.port, max_file_size=max_file_bytes,
+        blocked_paths=blocked_paths(folder.path), allowed_paths=[], show_error=False, ssr_mode=False,
+        prevent_thread_lock=not block, quiet=not block, footer_links=["api"], app_kwargs={"middleware": [limits]},
     )
 
 
@@ -159,6 +373,9 @@ def add_cli(sub) -> None:
     p.add_argument("--host", default=d.host, help="interface to listen on (default: %(default)s; 0.0.0.0 exposes it)")
     p.add_argument("--port", type=int, default=d.port, help="port (default: %(default)s)")
     p.add_argument("--max-upload-mb", type=float, default=d.max_upload_mb, help="upload size limit, HTTP 413 above (default: %(default)s)")
+    p.add_argument("--upload-dir", default=None, help="folder for uploads, emptied at start-up (default: <temp>/whisper-sv-uploads)")
+    p.add_argument("--upload-ttl", type=float, default=d.upload_ttl_s, metavar="SECONDS",
+                   help="uploads are deleted this long after they arrive (default: %(default)g)")
     p.add_argument("--max-seconds", type=float, default=d.max_seconds, help="longest audio accepted, in seconds (default: %(default)s)")
     p.add_argument("--concurrency", type=int, default=d.concurrency, help="requests each model runs at once (default: %(default)s)")
     p.add_argument("--queue-size", type=int, default=d.queue_size, help="most requests waiting (default: %(default)s)")
@@ -169,6 +386,7 @@ def _run_cli(args: argparse.Namespace) -> int:
     cfg = AppConfig(model=args.model, lm=args.lm, backend=args.backend, min_window_s=args.min_window,
                     host=args.host, port=args.port,
                     max_upload_mb=args.max_upload_mb, max_seconds=args.max_seconds,
+                    upload_dir=args.upload_dir, upload_ttl_s=args.upload_ttl,
                     concurrency=args.concurrency, queue_size=args.queue_size)
     launch(build_demo(cfg), cfg, block=True)
     return 0

@@ -4,11 +4,16 @@ Any Hugging Face causal LM works, by Hub id or local folder (``AutoModelForCausa
 ``AutoTokenizer``); a small open Swedish one is ``AI-Sweden-Models/gpt-sw3-126m``. The model is
 loaded lazily on the first request, and a model that is missing or cannot be loaded offline turns
 into a plain message on the page instead of an error, so the app still transcribes.
+
+Every request has a bounded cost (issue #13): text over `MAX_TEXT_CHARS` is refused before it is
+tokenised, only its last `MAX_PROMPT_CHARS` characters are tokenised, and the new tokens are
+clamped to half the model's context, so no setting the API accepts can index past it.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import threading
 from dataclasses import dataclass
 
@@ -22,6 +27,20 @@ NO_LM = (
 NOTHING_TO_CONTINUE = "Nothing to continue: transcribe some Swedish speech (or type text) first."
 MAX_NEW_TOKENS = 200  # the slider's top: bounds the work one request can ask for
 MAX_PROMPT_TOKENS = 512  # longer transcripts keep their end, which is what gets continued
+# Refused above this before any tokenising: 600 s of speech (the app's cap) is ~10,000 characters.
+MAX_TEXT_CHARS = 20_000
+# Only the end is tokenised: no BPE token is 16 characters on average, so this always holds
+# MAX_PROMPT_TOKENS tokens of real text, and tokenising costs the same for any text length.
+MAX_PROMPT_CHARS = 16 * MAX_PROMPT_TOKENS
+# Sampling below this temperature divides the logits into inf and NaN; 0 is greedy.
+MIN_TEMPERATURE = 0.05
+
+
+def check_text(text: str) -> None:
+    """Raise ValueError, saying what to do, when `text` is too long to continue."""
+    if len(text) > MAX_TEXT_CHARS:
+        raise ValueError(f"The text is {len(text):,} characters; the limit is {MAX_TEXT_CHARS:,}: "
+                         "shorten it (only its end is continued).")
 
 
 @dataclass(frozen=True)
@@ -35,8 +54,10 @@ class GenerationSettings:
     def __post_init__(self):
         if not 1 <= self.max_new_tokens <= MAX_NEW_TOKENS:
             raise ValueError(f"length {self.max_new_tokens}: choose 1 to {MAX_NEW_TOKENS} tokens")
-        if not 0 <= self.temperature <= 2:
-            raise ValueError(f"temperature {self.temperature}: choose 0 (greedy) to 2")
+        if not (self.temperature == 0 or MIN_TEMPERATURE <= self.temperature <= 2):  # NaN fails too
+            raise ValueError(f"temperature {self.temperature:g}: choose 0 (greedy) or {MIN_TEMPERATURE:g} to 2")
+        if not (math.isfinite(self.top_p) and 0 < self.top_p <= 1):
+            raise ValueError(f"top_p {self.top_p:g}: choose a value above 0, at most 1")
 
 
 class Continuer:
@@ -83,24 +104,30 @@ class Continuer:
         return True
 
     def continue_text(self, text: str, settings: GenerationSettings = GenerationSettings()) -> str:
-        """The text the model writes after `text` (without `text` itself), or a message saying why not."""
+        """The text the model writes after `text` (without `text` itself), or a message saying why not.
+
+        Raises ValueError for text over `MAX_TEXT_CHARS` (`check_text`), before tokenising."""
         import torch
 
         text = (text or "").strip()
         if not text:
             return NOTHING_TO_CONTINUE
+        check_text(text)
         with self._lock:  # one generate at a time: the model is shared by all requests
             if not self._load_locked():
                 return self._error or NO_LM
             tok = self._tokenizer
-            # Keep the end of a long transcript, leaving room for the new tokens in the context.
+            # Keep the end of a long transcript, leaving room for the new tokens in the context:
+            # at most half the context is new tokens (a 128-position LM asked for 200 would index
+            # past its position table).
             context = getattr(self._model.config, "max_position_embeddings", None) or 1024
-            keep = max(1, min(MAX_PROMPT_TOKENS, context - settings.max_new_tokens))
-            ids = tok(text, return_tensors="pt").input_ids[:, -keep:].to(self.device)
+            new_tokens = max(1, min(settings.max_new_tokens, context // 2))
+            keep = max(1, min(MAX_PROMPT_TOKENS, context - new_tokens))
+            ids = tok(text[-MAX_PROMPT_CHARS:], return_tensors="pt").input_ids[:, -keep:].to(self.device)
             sample = settings.temperature > 0
             with torch.inference_mode():
                 out = self._model.generate(
-                    ids, attention_mask=torch.ones_like(ids), max_new_tokens=settings.max_new_tokens,
+                    ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
                     do_sample=sample, temperature=settings.temperature if sample else None,
                     top_p=settings.top_p if sample else None, pad_token_id=tok.pad_token_id,
                 )

@@ -11,7 +11,12 @@ Both backends share the same front and back ends:
    and no timestamps (the fine-tuned models are trained without them; DESIGN.md).
 
 The CTranslate2 backend also drops chunks Whisper itself marks as non-speech (``no_speech_prob``
-high *and* ``avg_logprob`` low, openai/whisper's rule). The backends differ in the encoder window:
+high *and* ``avg_logprob`` low, openai/whisper's rule). Every chunk's text, in both backends, then
+gets the compression-ratio check: a chunk that compresses like a repetition loop (zlib ratio over
+``max_compression_ratio``) is cut at the loop by `cut_repetitions`, each run of a repeated word
+group kept once (issue #13: 177 s of speech came back with runs of ~300 repeated words). Cutting
+costs no second decode and keeps transcripts deterministic; re-decoding at higher temperatures
+(``temperatures``) still runs first when configured. The backends differ in the encoder window:
 Transformers' Whisper encoder accepts only the full 30 s (3,000 frames), so a 2 s clip costs as
 much as a 30 s one. The CTranslate2 backend encodes a window fitted to the chunk (`window_frames`:
 the chunk + 1 s, at least ``min_window_s``, 15 s by default): on 2 CPU cores that makes the encoder
@@ -48,6 +53,11 @@ DEMO_RUN = Path("runs/cpu-demo")  # what the training issue's `make demo` writes
 BACKENDS = ("auto", "faster-whisper", "transformers")
 WINDOW_HELP = ("shortest CTranslate2 encoder window in seconds (default: %(default)g; the chunk + 1 s when longer); "
                "30 = Whisper's own window, several times slower on short clips")
+
+# A word group said this many times in a row, in a chunk that compresses like a loop, is a
+# repetition loop: `cut_repetitions` keeps one. Groups up to MAX_LOOP_WORDS words are found.
+MIN_LOOP_REPEATS = 3
+MAX_LOOP_WORDS = 40
 
 # Energy gate: a clip whose loudest 30 ms frame is below this is silence; no VAD or model needed.
 SILENCE_DBFS = -60.0
@@ -172,6 +182,33 @@ def ct2_max_length(new_tokens: int, prompt_length: int = 4) -> int:
     return 2 * min(new_tokens, DECODER_POSITIONS - prompt_length)
 
 
+def cut_repetitions(text: str, max_compression_ratio: float = 2.4) -> str:
+    """`text` with each run of a repeated word group cut to its first occurrence, when `text`
+    compresses like a repetition loop (zlib ratio over `max_compression_ratio`); else unchanged.
+
+    Words are compared without case and surrounding punctuation ("Tack. tack, tack"); a group
+    counts when it comes `MIN_LOOP_REPEATS` or more times in a row, the shortest group first.
+    """
+    if _compression_ratio(text) <= max_compression_ratio:
+        return text
+    words = text.split()
+    keys = [w.strip(".,!?;:…\"'»«-").lower() for w in words]
+    kept, i, n = [], 0, len(words)
+    while i < n:
+        for size in range(1, min(MAX_LOOP_WORDS, (n - i) // MIN_LOOP_REPEATS) + 1):
+            group, repeats = keys[i : i + size], 1
+            while keys[i + repeats * size : i + (repeats + 1) * size] == group:
+                repeats += 1
+            if repeats >= MIN_LOOP_REPEATS:
+                kept += words[i : i + size]
+                i += repeats * size
+                break
+        else:
+            kept.append(words[i])
+            i += 1
+    return " ".join(kept)
+
+
 def _join(texts: Sequence[str]) -> str:
     text = " ".join(t.strip() for t in texts if t and t.strip())
     return text or NO_SPEECH
@@ -249,7 +286,8 @@ class FasterWhisperBackend:
             if len(temperatures) > 1 and self._needs_fallback(*decoded):
                 decoded = self._fallback(features[i : i + 1], decoded, max_length)
             text, avg_logprob, no_speech_prob = decoded
-            texts.append("" if self._is_silence(avg_logprob, no_speech_prob) else text)
+            silent = self._is_silence(avg_logprob, no_speech_prob)
+            texts.append("" if silent else cut_repetitions(text, self.options.max_compression_ratio))
         return texts
 
     def _fallback(self, features: np.ndarray, first: tuple[str, float, float], max_length: int) -> tuple[str, float, float]:
@@ -319,7 +357,7 @@ class TransformersBackend:
             return NO_SPEECH
         with self._lock:  # every chunk is <= 30 s, so transcribe_arrays batches them
             texts = transcribe_arrays(self.model, self.processor, chunks, DecodeOptions(beam_size=self.options.beam_size))
-        return _join(texts)
+        return _join([cut_repetitions(t, self.options.max_compression_ratio) for t in texts])
 
 
 # ---------------------------------------------------------------------------------------------
