@@ -44,11 +44,12 @@ def test_broken_rows_and_bad_clips_are_reported_not_fatal(tmp_path, sv_corpus, c
     with (folder / "test.tsv").open("a") as f:
         f.write("only\ttwo fields\n")
     clips = list(iter_clips(f"cv:{folder}", "test"))
-    assert [c.id for c in clips] == [good, "missing.mp3", "corrupt.mp3", "empty.wav"]
+    assert [c.id for c in clips] == [good, "missing.mp3", "corrupt.mp3", "empty.wav", "test.tsv:6"]
     assert clips[0].error is None
     assert clips[1].error.startswith("missing") and "missing.mp3" in clips[1].error
     assert clips[2].error.startswith("undecodable") and "corrupt.mp3" in clips[2].error
     assert clips[3].error.startswith("empty")
+    assert clips[4].error.startswith("bad_row") and "2 fields, expected 13" in clips[4].error  # a reject, with its line
     assert "row skipped" in caplog.text
 
 

@@ -3,6 +3,10 @@
 Each stage module registers its own subcommand with ``add_cli(subparsers)`` beside the function it
 wraps (openai/whisper keeps its CLI next to ``transcribe`` the same way); this file only collects
 them. Subcommands that are not built yet are listed with the issue that adds them.
+
+A user error (`whisper_sv.errors`: a bad source, model path, value type or key) is one line on
+stderr, ``whisper-sv CMD: error: ...``, and exit code 2, like argparse's own; ``-v/--verbose``
+shows its traceback. Any other exception is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -11,6 +15,8 @@ import argparse
 import importlib
 import logging
 import sys
+
+from .errors import UserError
 
 # (subcommand, module that registers it) in the order a user meets them.
 STAGES = (
@@ -29,17 +35,27 @@ PLANNED = {
     "train": ("fine-tune with Seq2SeqTrainer, resumable", "issue #4"),
     "evaluate": ("WER / orthographic WER / CER report of a model on a split", "issue #4"),
     "export": ("CTranslate2 export for faster-whisper", "issue #4"),
-    "search": ("Optuna hyper-parameter search over train()", "a later issue (not filed yet)"),
     "app": ("Gradio app: transcribe and continue Swedish", "issue #5"),
 }
 
 
+# Path errors are the user's wherever they are raised (a preset, a folder, a clip that is not there).
+PATH_ERRORS = (FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError, PermissionError)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: the usage block is what ``--help`` is for."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="whisper-sv",
         description="Fine-tune OpenAI Whisper on Swedish without falling over.",
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages; show the traceback of an error")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, module_name in STAGES:
         try:
@@ -53,6 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
             stub.set_defaults(func=_not_built(name, where))
             continue
         module.add_cli(sub)
+        # Also after the subcommand (`whisper-sv features ... -v`); SUPPRESS keeps the main flag's value.
+        sub.choices[name].add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return parser
 
 
@@ -66,8 +84,35 @@ def _not_built(name: str, where: str):
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    overrides = getattr(args, "overrides", None)  # `train CONFIG --key value ... -v`: the flag is not a key
+    if isinstance(overrides, list) and {"-v", "--verbose"} & set(overrides):
+        args.overrides = [o for o in overrides if o not in ("-v", "--verbose")]
+        args.verbose = True
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except Exception as err:
+        if args.verbose or not is_user_error(err):
+            raise
+        print(f"whisper-sv {args.command}: error: {one_line(err)}", file=sys.stderr)
+        return 2
+
+
+def is_user_error(err: BaseException) -> bool:
+    """A `UserError`, a path error, or a ValueError raised by this package's own code (not a library's)."""
+    if isinstance(err, (UserError,) + PATH_ERRORS):
+        return True
+    if not isinstance(err, ValueError):
+        return False
+    tb = err.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    module = tb.tb_frame.f_globals.get("__name__", "") if tb is not None else ""
+    return module == "whisper_sv" or module.startswith("whisper_sv.")
+
+
+def one_line(err: BaseException) -> str:
+    return " ".join(line.strip() for line in str(err).splitlines() if line.strip()) or type(err).__name__
 
 
 if __name__ == "__main__":

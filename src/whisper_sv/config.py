@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import json
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .encoder_cache import KINDS as CACHE_KINDS
-from .models import DEFAULT_MODEL
+from .errors import check_field_types, check_value_types
+from .models import DEFAULT_MODEL, check_model_spec
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 
@@ -79,6 +82,13 @@ class TrainConfig:
     training: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):
+        # Types first: `--learning_rate abc` is refused here, not as a TypeError after loading data.
+        check_field_types(self)
+        unknown = set(self.training) - training_argument_names()
+        if unknown:
+            raise ValueError(_unknown_message(sorted(unknown)))
+        check_value_types(self.training, training_argument_types())
+        check_model_spec(self.model)  # a path typo fails here, not after the data has loaded
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision={self.precision!r}: use one of {PRECISIONS}")
         if not 0 <= self.mask_time_prob <= 1 or not 0 <= self.mask_feature_prob <= 1:
@@ -96,9 +106,6 @@ class TrainConfig:
             raise ValueError("early_stopping_patience needs eval_data: early stopping watches the eval WER")
         if self.push_to_hub and not self.hub_model_id:
             raise ValueError("push_to_hub needs hub_model_id (e.g. your-name/whisper-small-sv)")
-        unknown = set(self.training) - training_argument_names()
-        if unknown:
-            raise ValueError(_unknown_message(sorted(unknown)))
 
     def training_arguments(self) -> dict[str, Any]:
         """The Seq2SeqTrainingArguments kwargs: toolkit defaults, then the preset's values."""
@@ -124,6 +131,17 @@ def training_argument_names() -> set[str]:
     from transformers import Seq2SeqTrainingArguments
 
     return {f.name for f in dataclasses.fields(Seq2SeqTrainingArguments) if f.init}
+
+
+@functools.cache
+def training_argument_types() -> dict[str, Any]:
+    """The annotations of the Seq2SeqTrainingArguments fields (``{"learning_rate": float, ...}``)."""
+    from transformers import Seq2SeqTrainingArguments
+
+    try:
+        return typing.get_type_hints(Seq2SeqTrainingArguments)
+    except Exception:  # an annotation this Python cannot evaluate: check none rather than crash
+        return {}
 
 
 def _unknown_message(unknown: list[str]) -> str:
@@ -178,5 +196,7 @@ def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None
             values = json.loads(Path(path).read_text())
         except json.JSONDecodeError as err:
             raise ValueError(f"{path}: not valid JSON ({err})") from err
+        if not isinstance(values, dict):
+            raise ValueError(f"{path}: a preset is one JSON object of keys and values, not a {type(values).__name__}")
     values.update(overrides or {})
     return build_config(values)

@@ -19,11 +19,12 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .audio import CHUNK_LENGTH
+from .errors import UserError
 from .feature_store import commit_file
 from .logmel import log_mel, pad_features
 from .metrics import normalize_sv, wer_report
 from .models import DEFAULT_MODEL, load_model
-from .sources import iter_clips
+from .sources import iter_clips, open_source
 from .transcribe import generate_texts, token_budget
 
 BATCH_SIZE = 16
@@ -31,6 +32,18 @@ BATCH_SIZE = 16
 
 def _is_feature_store(data: str) -> bool:
     return (Path(data) / "feature_config.json").is_file()
+
+
+def check_data(data: str, split: str) -> None:
+    """Raise a user error naming what to fix unless `data` is a feature store or a readable source split."""
+    if _is_feature_store(data):
+        return
+    if Path(data).is_dir() and not (Path(data) / "clips").is_dir():
+        raise UserError(
+            f"{data} is neither a feature store (no feature_config.json) nor a Common Voice folder (no clips/); "
+            "pass a folder made by `whisper-sv features`, cv:PATH or hf:ID[:CONFIG]"
+        )
+    open_source(data, split)
 
 
 def iter_inputs(data: str, split: str, n_mels: int, skipped: list[dict]) -> Iterator[tuple[str, str, np.ndarray, int]]:
@@ -71,6 +84,7 @@ def evaluate(
     """
     import torch
 
+    check_data(data, split)  # before the model loads: a typo in --data fails in a second, not a minute
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     t0 = time.perf_counter()
     net, processor = load_model(model, device=device)

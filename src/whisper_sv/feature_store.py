@@ -10,20 +10,45 @@ Layout (DESIGN.md, Feature store)::
                                       (int32), pad_value (float32: the clip's floor), labels (int32)
     OUT/{split}-{k:05d}.rejects.jsonl the shard's dropped clips: id, reason, detail
     OUT/rejects.tsv                   every reject of the committed shards, rebuilt at the end of a run
+    OUT/.manifest.lock                held by the run writing manifest.jsonl (.manifest-{i}-of-{n}.lock
+                                      for a shared source); holds its PID, host and start time
+    OUT/.claim.lock                   held for a moment while a run checks the folder and takes its lock
+
+One writer per manifest, and one layout per folder: the shards of a plain run and of an
+``--num-shards n`` run (or of runs with two different n) overlap, so the store refuses the mix
+rather than doubling rows.
 """
 
 from __future__ import annotations
 
+import datetime
 import io
 import json
+import logging
 import os
+import re
+import socket
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .errors import UserError
+
+log = logging.getLogger(__name__)
+
 CONFIG_NAME = "feature_config.json"
 MANIFEST_NAME = "manifest.jsonl"
+CLAIM_LOCK_NAME = ".claim.lock"
+_SHARDED_MANIFEST = re.compile(r"manifest-(\d+)-of-(\d+)\.jsonl")
+
+
+class StoreBusy(UserError):
+    """Another live process is writing this manifest of the store."""
+
+
+class LayoutMismatch(UserError):
+    """The folder holds (or is being filled by) runs that split the source another way."""
 
 
 class FeatureStore:
@@ -39,9 +64,23 @@ class FeatureStore:
 
     @property
     def manifest(self) -> list[dict[str, Any]]:
-        """The committed shards of every manifest in the folder, in shard order."""
-        rows = [r for m in sorted(self.folder.glob("manifest*.jsonl")) for r in read_manifest(m)]
-        return sorted(rows, key=lambda r: r["index"])
+        """The committed shards of every manifest in the folder, in shard order, each once.
+
+        A store filled before second writers and mixed layouts were refused can list a shard twice
+        (two runs at once, or a plain and a ``--num-shards`` run). Shard k is the same clips under
+        the same config, so both lines name one file with one hash: it is read once, not twice. Two
+        different hashes for one shard cannot be told apart, so that store is refused.
+        """
+        rows: dict[int, dict[str, Any]] = {}
+        for m in sorted(self.folder.glob("manifest*.jsonl")):
+            for row in read_manifest(m):
+                seen = rows.setdefault(row["index"], row)
+                if (seen["shard"], seen["sha256"]) != (row["shard"], row["sha256"]):
+                    raise LayoutMismatch(
+                        f"{self.folder}: shard {row['index']} is committed twice with different contents "
+                        f"({seen['sha256'][:12]} and {row['sha256'][:12]}); rebuild the store into a new folder"
+                    )
+        return [rows[k] for k in sorted(rows)]
 
     @property
     def files(self) -> list[Path]:
@@ -122,9 +161,32 @@ def read_manifest(path: Path, repair: bool = False) -> list[dict[str, Any]]:
 
 
 def remove_temp_files(out: Path) -> None:
-    """Delete the temp files of writes that never finished (a killed run's litter)."""
+    """Delete the temp files of writes that never finished (a killed run's litter).
+
+    Only those whose writer (the PID in ``.NAME.PID.tmp``) is gone: the runs of other
+    ``--shard-index`` values filling the same folder on this machine keep theirs.
+    """
     for tmp in out.glob(".*.tmp"):
-        tmp.unlink(missing_ok=True)
+        pid = tmp.name.removesuffix(".tmp").rpartition(".")[2]
+        if not pid.isdigit() or not pid_is_alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+
+
+def pid_is_alive(pid: int) -> bool:
+    """Whether process `pid` runs on this machine (a zombie, killed but not yet reaped, does not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except OverflowError:
+        return False
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True  # no /proc (macOS): kill(0) is all there is
+    return state not in ("Z", "X")
 
 
 def write_rejects_table(out: Path) -> None:
@@ -135,3 +197,137 @@ def write_rejects_table(out: Path) -> None:
             r = json.loads(line)
             lines.append("\t".join(str(r[k]).replace("\t", " ").replace("\n", " ") for k in ("id", "reason", "detail")))
     commit_file(out / "rejects.tsv", ("\n".join(lines) + "\n").encode())
+
+
+# ---------------------------------------------------------------------------------------------
+# Who may write: one process per manifest, one layout per folder.
+
+
+def manifest_name(shard_index: int = 0, num_shards: int = 1) -> str:
+    """``manifest.jsonl`` for a plain run, ``manifest-{i}-of-{n}.jsonl`` for one of n machines."""
+    return MANIFEST_NAME if num_shards == 1 else f"manifest-{shard_index}-of-{num_shards}.jsonl"
+
+
+def manifest_layout(name: str) -> int | None:
+    """The ``--num-shards`` a manifest file name belongs to (1 for ``manifest.jsonl``), else None."""
+    if name == MANIFEST_NAME:
+        return 1
+    m = _SHARDED_MANIFEST.fullmatch(name)
+    return int(m.group(2)) if m else None
+
+
+def writer_lock_path(out: Path, manifest: str) -> Path:
+    return out / f".{manifest.removesuffix('.jsonl')}.lock"
+
+
+class StoreLock:
+    """An exclusive ``flock`` on a file in the store; the file names its holder for whoever is refused.
+
+    The kernel drops the lock when its holder exits, however it dies (``kill -9`` included), so a
+    lock file left by a dead run is simply taken over: no PID guessing, no stale-lock timeout. The
+    PID, host and start time written into it are for the message, and for the log line of a
+    take-over. On NFS, Linux maps ``flock`` to byte-range locks the server sees, so machines that
+    share a store over NFS see each other's locks.
+    """
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self._fd: int | None = None
+
+    def acquire(self, wait: bool = False) -> bool:
+        """Take the lock; False when another process holds it (with `wait`, block until it is free)."""
+        import fcntl
+
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        self._fd = fd
+        left = self.holder()
+        if left and left.get("pid") != os.getpid():
+            log.warning("%s: taking over the lock of PID %s on %s, which ended without releasing it",
+                        self.path.parent, left.get("pid"), left.get("host"))
+        me = {"pid": os.getpid(), "host": socket.gethostname(), "since": datetime.datetime.now().isoformat(timespec="seconds")}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (json.dumps(me) + "\n").encode(), 0)
+        return True
+
+    def holder(self) -> dict[str, Any] | None:
+        """What the last holder wrote into the file (None when it released the lock or wrote nothing)."""
+        try:
+            return json.loads(self.path.read_text() or "null")
+        except (OSError, ValueError):
+            return None
+
+    def is_held(self) -> bool:
+        """Whether some other process holds the lock now (probes it without keeping it)."""
+        if self._fd is not None:
+            return False
+        if not self.path.exists():
+            return False
+        import fcntl
+
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)  # closing drops a probe lock we took
+        return False
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        import fcntl
+
+        os.ftruncate(self._fd, 0)  # an empty file: released cleanly, nothing to take over
+        fcntl.flock(self._fd, fcntl.LOCK_UN)
+        os.close(self._fd)
+        self._fd = None
+
+    def __enter__(self) -> "StoreLock":
+        self.acquire(wait=True)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def take_writer_lock(out: Path, shard_index: int = 0, num_shards: int = 1) -> StoreLock:
+    """Become the one writer of this run's manifest in `out`, or raise `StoreBusy` / `LayoutMismatch`.
+
+    Call it holding the folder's claim lock (``StoreLock(out / CLAIM_LOCK_NAME)``), so two runs never
+    check the layout at the same time. A layout is claimed by a manifest with committed shards or
+    by a live writer: a folder whose only other runs were killed before committing anything takes
+    any layout.
+    """
+    own = manifest_name(shard_index, num_shards)
+    others = set()
+    for path in sorted(out.glob("manifest*.jsonl")) + sorted(out.glob(".manifest*.lock")):
+        name = path.name.lstrip(".").removesuffix(".lock").removesuffix(".jsonl") + ".jsonl"
+        layout = manifest_layout(name)
+        if layout is None or layout == num_shards:
+            continue
+        committed = path.suffix == ".jsonl" and bool(read_manifest(path))
+        if committed or (path.suffix == ".lock" and StoreLock(path).is_held()):
+            others.add((name, layout))
+    if others:
+        names = ", ".join(sorted(n for n, _ in others))
+        layouts = sorted({f"--num-shards {n}" if n > 1 else "a plain run (no --num-shards)" for _, n in others})
+        asked = f"--num-shards {num_shards}" if num_shards > 1 else "a plain run"
+        raise LayoutMismatch(
+            f"{out} is filled by {' and '.join(layouts)} ({names}); {asked} would write the same shards "
+            "again and double their rows. Continue with the same --num-shards, or use another --out"
+        )
+    lock = StoreLock(writer_lock_path(out, own))
+    if not lock.acquire():
+        who = lock.holder() or {}
+        raise StoreBusy(
+            f"{out} is being written by PID {who.get('pid', '?')} on {who.get('host', '?')} "
+            f"(since {who.get('since', '?')}, {own}); wait for it to finish, or use another --out. "
+            "A second writer would process the same shards again"
+        )
+    return lock

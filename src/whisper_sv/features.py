@@ -7,7 +7,11 @@ that hold audio, optional OpenCV smoothing, Swedish/transcribe labels. Each file
 temporary name, fsynced and renamed; only then does the parent append its line (name, rows, sha256,
 rejects) to the manifest, so a killed run is resumed by redoing the shards that were in flight and
 nothing else. ``feature_config.json`` (everything that changes the numbers) is written before any
-work and compared on resume: a different config is refused, never mixed in.
+work and compared on resume: a different config is refused, never mixed in. Before anything is
+written the source is opened and its first row read, so a mistyped ``--source`` leaves no trace.
+One process writes a manifest at a time (a lock file naming its PID; the lock of a dead run is
+taken over), and plain and ``--num-shards`` runs are never mixed in one folder. Workers watch the
+parent and exit when it dies, however it dies.
 
 The store's layout and the code that reads it back are in `feature_store`.
 """
@@ -19,8 +23,9 @@ import collections
 import dataclasses
 import hashlib
 import json
+import logging
 import os
-import sys
+import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -32,28 +37,43 @@ from typing import Any, Iterator
 import numpy as np
 
 from . import logmel
-from .audio import SAMPLE_RATE, AudioError, load_audio
+from .audio import SAMPLE_RATE, AudioError
+from .errors import UserError, check_field_types
 from .feature_store import (  # noqa: F401 (FeatureStore is re-exported: the training side imports it from here)
+    CLAIM_LOCK_NAME,
     CONFIG_NAME,
     MANIFEST_NAME,
     FeatureStore,
+    LayoutMismatch,
+    StoreBusy,
+    StoreLock,
     commit_file,
+    manifest_name,
+    pid_is_alive,
     read_manifest,
     remove_temp_files,
     shard_bytes,
+    take_writer_lock,
     write_rejects_table,
 )
 from .logmel import Smoothing, collate_features, log_mel, pad_features, smooth_log_mel  # noqa: F401 (re-exported)
-from .models import DEFAULT_MODEL, LANGUAGE, TASK, resolve_model
-from .sources import iter_examples
+from .models import DEFAULT_MODEL, LANGUAGE, TASK, model_errors, resolve_model
+from .sources import Example, decode_example, iter_examples, open_source
 
 __all__ = [
-    "FeatureConfig", "ConfigMismatch", "build_features", "push_store", "process_shard", "load_tokenizer",
+    "FeatureConfig", "ConfigMismatch", "StoreBusy", "LayoutMismatch", "build_features", "push_store", "process_shard", "load_tokenizer",
     "format_summary", "add_cli", "FeatureStore", "Smoothing", "log_mel", "pad_features", "collate_features",
 ]
 
+log = logging.getLogger(__name__)
+
 FORMAT_VERSION = 1  # bump when the shard layout changes: old stores are then refused, not mixed
-REJECT_REASONS = ("too_long", "empty", "undecodable", "missing", "empty_text", "labels_too_long")
+REJECT_REASONS = (
+    "too_long", "empty", "undecodable", "missing", "truncated",  # the audio
+    "empty_text", "labels_too_long",  # the transcript
+    "bad_encoding", "bad_row",  # the source row itself (a TSV line that is not UTF-8 or has too few fields)
+)
+PARENT_POLL_S = 0.5  # how often a worker checks that the run that started it is still alive
 
 
 @dataclass(frozen=True)
@@ -80,6 +100,7 @@ class FeatureConfig:
     format_version: int = FORMAT_VERSION
 
     def __post_init__(self):
+        check_field_types(self, [f.name for f in dataclasses.fields(self) if f.name != "smoothing"])
         object.__setattr__(self, "smoothing", Smoothing.parse(self.smoothing))
         if not 0 < self.max_seconds <= 30:
             raise ValueError(f"max_seconds={self.max_seconds}: Whisper sees at most 30 s; use a value in (0, 30]")
@@ -99,17 +120,22 @@ class FeatureConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "FeatureConfig":
+        if not isinstance(d, dict):
+            raise UserError(f"a feature config is one JSON object of FeatureConfig fields, not a {type(d).__name__}")
         unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
-            raise ValueError(f"unknown feature config keys {sorted(unknown)}; known: {[f.name for f in dataclasses.fields(cls)]}")
+            raise UserError(f"unknown feature config keys {sorted(unknown)}; known: {[f.name for f in dataclasses.fields(cls)]}")
         return cls(**d)
 
     @classmethod
     def from_json(cls, path: str | Path) -> "FeatureConfig":
-        return cls.from_dict(json.loads(Path(path).read_text()))
+        try:
+            return cls.from_dict(json.loads(Path(path).read_text()))
+        except json.JSONDecodeError as err:
+            raise UserError(f"{path}: not valid JSON ({err})") from err
 
 
-class ConfigMismatch(ValueError):
+class ConfigMismatch(UserError):
     """The output folder holds features made with another config."""
 
 
@@ -138,36 +164,44 @@ def build_features(
     config = config or FeatureConfig()
     config = dataclasses.replace(config, source=source or config.source, split=split or config.split)
     if not config.source:
-        raise ValueError("no source: pass --source cv:PATH (or hf:ID[:CONFIG])")
-    if not 0 <= shard_index < num_shards:
-        raise ValueError(f"shard_index={shard_index} must be in [0, num_shards={num_shards})")
+        raise UserError("no source: pass --source cv:PATH (or hf:ID[:CONFIG])")
+    if num_shards < 1 or not 0 <= shard_index < num_shards:
+        raise UserError(f"--shard-index {shard_index} --num-shards {num_shards}: use 0 <= shard-index < num-shards")
     out = Path(out)
+    # 1. Check everything the run reads before writing anything: the model, then the source.
     model_dir = resolve_model(config.model)  # converts the packaged model once, here, not per worker
     if config.n_mels is None:
         config = dataclasses.replace(config, n_mels=_model_n_mels(model_dir))
-    config = _claim_folder(out, config)
-    remove_temp_files(out)
-    manifest = out / (MANIFEST_NAME if num_shards == 1 else f"manifest-{shard_index}-of-{num_shards}.jsonl")
-    done = {row["index"] for row in read_manifest(manifest, repair=True)}
-    workers = max(1, workers or os.cpu_count() or 1)
-
+    tokenizer = load_tokenizer(model_dir, config.language, config.task)
+    # The first row is read now: a mistyped --source or --split fails before the folder exists.
+    examples = open_source(config.source, config.split, audio_column=config.audio_column, text_column=config.text_column)
     total = _count_examples(config) if config.source.startswith("cv:") or Path(config.source, "clips").is_dir() else None
-    owned = ((k, exs) for k, exs in _shards(config) if k % num_shards == shard_index and k not in done)
-    todo = _with_labels(owned, model_dir, config)
-    started, written, rejected, n_shards = time.perf_counter(), 0, collections.Counter(), 0
-    bar = _progress(total, progress, skipped=sum(r["clips"] for r in read_manifest(manifest)))
-    with manifest.open("a", encoding="utf-8") as log:
-        for line in _run_shards(todo, out, config, workers):
-            log.write(json.dumps(line, sort_keys=True) + "\n")
-            log.flush()
-            os.fsync(log.fileno())
-            written += line["rows"]
-            rejected.update(line["rejects"])
-            n_shards += 1
-            bar.update(line["clips"])
-    bar.close()
-    remove_temp_files(out)
-    write_rejects_table(out)
+    # 2. Claim the folder: its config, its layout, and this manifest's writer lock.
+    config, writer = _claim_folder(out, config, shard_index, num_shards)
+    try:
+        remove_temp_files(out)
+        manifest = out / manifest_name(shard_index, num_shards)
+        done = {row["index"] for row in read_manifest(manifest, repair=True)}
+        workers = max(1, workers or os.cpu_count() or 1)
+        # 3. The shards this run owns and has not committed, labelled, through the pool.
+        owned = ((k, exs) for k, exs in _shards(examples, config.shard_size) if k % num_shards == shard_index and k not in done)
+        todo = _with_labels(owned, tokenizer)
+        started, written, rejected, n_shards = time.perf_counter(), 0, collections.Counter(), 0
+        bar = _progress(total, progress, skipped=sum(r["clips"] for r in read_manifest(manifest)))
+        with manifest.open("a", encoding="utf-8") as log_file:
+            for line in _run_shards(todo, out, config, workers):
+                log_file.write(json.dumps(line, sort_keys=True) + "\n")
+                log_file.flush()
+                os.fsync(log_file.fileno())
+                written += line["rows"]
+                rejected.update(line["rejects"])
+                n_shards += 1
+                bar.update(line["clips"])
+        bar.close()
+        remove_temp_files(out)
+        write_rejects_table(out)
+    finally:
+        writer.release()
     seconds = time.perf_counter() - started
     summary = {
         "out": str(out),
@@ -207,12 +241,18 @@ def push_store(out: str | Path, repo: str) -> str:
 # ---------------------------------------------------------------------------------------------
 # One shard, in a worker.
 
-def _init_worker(n_mels: int, bank: np.ndarray) -> None:
+def _init_worker(n_mels: int, bank: np.ndarray, parent: int | None = None) -> None:
     """One math thread per worker (the pool supplies the parallelism), and the mel bank from the parent.
 
     Workers import neither transformers nor the tokenizer (the parent tokenizes), so they start in
-    about a second.
+    about a second. With `parent` (the run's PID) a watchdog thread ends the worker when that
+    process is gone: the pool's pipes do not (every worker holds both ends of the task queue, and
+    the forkserver stays up while a worker holds its pipe), so after a ``kill -9`` of the run its
+    workers would live on, each with a model's worth of memory, for as long as their shard lasts
+    and then wait forever.
     """
+    if parent is not None:
+        threading.Thread(target=_exit_with, args=(parent,), name="watch-parent", daemon=True).start()
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[var] = "1"
     import cv2
@@ -223,11 +263,20 @@ def _init_worker(n_mels: int, bank: np.ndarray) -> None:
     logmel.use_mel_filters(n_mels, bank)
 
 
+def _exit_with(pid: int) -> None:
+    """Exit this process as soon as process `pid` has ended (a zombie counts as ended)."""
+    while pid_is_alive(pid):
+        time.sleep(PARENT_POLL_S)
+    os._exit(1)
+
+
 def load_tokenizer(model: str, language: str = LANGUAGE, task: str = TASK):
     """The model's tokenizer set to prefix <|startoftranscript|><|sv|><|transcribe|><|notimestamps|>."""
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model(model))
+    path = resolve_model(model)
+    with model_errors(model, path):
+        tokenizer = AutoTokenizer.from_pretrained(path)
     tokenizer.set_prefix_tokens(language=language, task=task, predict_timestamps=False)
     return tokenizer
 
@@ -240,13 +289,15 @@ def process_shard(index: int, examples: list, labels: list[list[int]], out: Path
     rows, rejects = [], []
     for ex, ids in zip(examples, labels):
         reason, detail = None, ""
-        if not ex.sentence.strip():
+        if ex.reject is not None:
+            reason, detail = ex.reject
+        elif not ex.sentence.strip():
             reason, detail = "empty_text", "the transcript is empty"
         elif len(ids) > config.max_label_tokens:
             reason, detail = "labels_too_long", f"{len(ids)} label tokens > {config.max_label_tokens}"
         else:
             try:
-                audio = load_audio(ex.audio, max_seconds=config.max_seconds)
+                audio = decode_example(ex, max_seconds=config.max_seconds)
             except AudioError as err:
                 reason, detail = err.reason, str(err)
             except Exception as err:  # a decoder crash must not take the shard down with it
@@ -280,21 +331,17 @@ def process_shard(index: int, examples: list, labels: list[list[int]], out: Path
 # Orchestration in the parent.
 
 
-def _shards(config: FeatureConfig) -> Iterator[tuple[int, list]]:
-    examples = iter_examples(
-        config.source, config.split, audio_column=config.audio_column, text_column=config.text_column
-    )
+def _shards(examples: Iterator[Example], shard_size: int) -> Iterator[tuple[int, list]]:
     for k in range(1 << 62):
-        chunk = list(islice(examples, config.shard_size))
+        chunk = list(islice(examples, shard_size))
         if not chunk:
             return
         yield k, chunk
 
 
-def _with_labels(shards, model_dir: str, config: FeatureConfig) -> Iterator[tuple[int, list, list[list[int]]]]:
+def _with_labels(shards, tokenizer) -> Iterator[tuple[int, list, list[list[int]]]]:
     """Add label ids to each shard. The parent tokenizes (a batch of sentences takes milliseconds), so
-    workers never import transformers; the tokenizer loads on the first shard, while the pool starts."""
-    tokenizer = load_tokenizer(model_dir, config.language, config.task)
+    workers never import transformers."""
     for k, examples in shards:
         yield k, examples, tokenizer([ex.sentence for ex in examples]).input_ids if examples else []
 
@@ -309,7 +356,8 @@ def _run_shards(todo, out: Path, config: FeatureConfig, workers: int) -> Iterato
     bank = logmel.mel_filters(config.n_mels)
     # concurrent.futures rather than multiprocessing.Pool: a worker killed by the OS (OOM, a decoder
     # segfault) raises BrokenProcessPool here instead of hanging the run forever.
-    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(config.n_mels, bank)) as pool:
+    initargs = (config.n_mels, bank, os.getpid())
+    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=initargs) as pool:
         pending: collections.deque = collections.deque()
         for k, examples, labels in todo:
             pending.append(pool.submit(process_shard, k, examples, labels, out, config))
@@ -325,22 +373,57 @@ def _start_methods() -> list[str]:
     return get_all_start_methods()
 
 
-def _claim_folder(out: Path, config: FeatureConfig) -> FeatureConfig:
-    """Write ``feature_config.json`` before any work, or check that the saved one matches."""
+def _claim_folder(out: Path, config: FeatureConfig, shard_index: int, num_shards: int) -> tuple[FeatureConfig, StoreLock]:
+    """Become the writer of this run's manifest in `out` and check (or write) ``feature_config.json``.
+
+    Under the folder's claim lock, so runs starting together take turns: the layout check and the
+    writer lock (`take_writer_lock`), then the config. A saved config that differs is refused,
+    unless no shard was ever committed and nobody is writing (a run started with a typo and
+    stopped): then there is nothing it could be mixed with, and the new config replaces it.
+    Returns the config and the held writer lock; the caller releases it.
+    """
     path = out / CONFIG_NAME
     wanted = config.to_dict()
-    if path.is_file():
-        found = json.loads(path.read_text())
-        if found != wanted:
-            diff = {k: (found.get(k), wanted.get(k)) for k in sorted(set(found) | set(wanted)) if found.get(k) != wanted.get(k)}
-            raise ConfigMismatch(
-                f"{out} holds features made with another config (saved vs asked: {diff}); "
-                "use another --out, delete the folder, or pass the saved config with --config " + str(path)
-            )
-        return config
     out.mkdir(parents=True, exist_ok=True)
-    commit_file(path, (json.dumps(wanted, indent=2, sort_keys=True) + "\n").encode())
-    return config
+    with StoreLock(out / CLAIM_LOCK_NAME):
+        writer = take_writer_lock(out, shard_index, num_shards)
+        try:
+            if path.is_file():
+                found = json.loads(path.read_text())
+                if found != wanted and (_has_commits(out) or _has_other_writers(out, writer)):
+                    raise ConfigMismatch(_mismatch_message(out, found, wanted))
+                if found != wanted:
+                    log.warning("%s: no shard was committed with the saved config; replacing it", out)
+                else:
+                    return config, writer
+            commit_file(path, (json.dumps(wanted, indent=2, sort_keys=True) + "\n").encode())
+            return config, writer
+        except BaseException:
+            writer.release()
+            raise
+
+
+def _has_commits(out: Path) -> bool:
+    return any(read_manifest(m) for m in out.glob("manifest*.jsonl"))
+
+
+def _has_other_writers(out: Path, mine: StoreLock) -> bool:
+    return any(StoreLock(p).is_held() for p in out.glob(".manifest*.lock") if p != mine.path)
+
+
+def _mismatch_message(out: Path, found: dict[str, Any], wanted: dict[str, Any]) -> str:
+    keys = [k for k in sorted(set(found) | set(wanted)) if found.get(k) != wanted.get(k)]
+    diff = {k: (found.get(k), wanted.get(k)) for k in keys}
+    if set(keys) <= {"source", "split", "audio_column", "text_column"}:
+        # --config cannot help here: the command line's --source and --split override it.
+        return (
+            f"{out} holds features of {found.get('source')} split {found.get('split')!r} (saved vs asked: {diff}); "
+            "one store holds one split of one source: use another --out, or delete the folder"
+        )
+    return (
+        f"{out} holds features made with another config (saved vs asked: {diff}); "
+        f"use another --out, delete the folder, or pass the saved config with --config {out / CONFIG_NAME}"
+    )
 
 
 def _model_n_mels(model_dir: str) -> int:
@@ -353,7 +436,8 @@ def _model_n_mels(model_dir: str) -> int:
             return int(extractor["feature_size"])
     from transformers import WhisperFeatureExtractor
 
-    return int(WhisperFeatureExtractor.from_pretrained(model_dir).feature_size)
+    with model_errors(model_dir, model_dir):
+        return int(WhisperFeatureExtractor.from_pretrained(model_dir).feature_size)
 
 
 def _count_examples(config: FeatureConfig) -> int:
@@ -401,14 +485,11 @@ def _cli(args: argparse.Namespace) -> int:
         "smoothing": args.smoothing,
     }
     config = dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
-    try:
-        summary = build_features(
-            args.source, args.split, args.out, config, workers=args.workers, shard_index=args.shard_index,
-            num_shards=args.num_shards, push_to_hub=args.push_to_hub, progress=not args.no_progress,
-        )
-    except ConfigMismatch as err:  # a user error, not a crash: say what to do, no traceback
-        print(f"whisper-sv features: {err}", file=sys.stderr)
-        return 2
+    # A user error (ConfigMismatch, StoreBusy, a bad --source, ...) is printed as one line by cli.main.
+    summary = build_features(
+        args.source, args.split, args.out, config, workers=args.workers, shard_index=args.shard_index,
+        num_shards=args.num_shards, push_to_hub=args.push_to_hub, progress=not args.no_progress,
+    )
     print(format_summary(summary))
     return 0
 

@@ -10,42 +10,78 @@ tokenizer, processor and generation config: for tests and smoke runs of the trai
 
 from __future__ import annotations
 
+import contextlib
+import re
 from pathlib import Path
+
+from .errors import UserError
 
 PACKAGED_BASE = "packaged:whisper-base"
 RANDOM_TINY = "random:tiny"
 DEFAULT_MODEL = PACKAGED_BASE
 LANGUAGE = "sv"  # forced in every generation config: never auto-detected per batch
 TASK = "transcribe"
+_HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
 def resolve_model(spec: str) -> str:
-    """Turn a model spec into what ``from_pretrained`` takes: a local folder path or a Hub id."""
-    if spec.startswith("packaged:"):
-        if spec != PACKAGED_BASE:
-            raise ValueError(f"unknown packaged model {spec!r}; the one shipped is {PACKAGED_BASE!r}")
+    """Turn a model spec into what ``from_pretrained`` takes: a local folder path or a Hub id.
+
+    A spec that looks like a path (``runs/x`` beside a ``runs/`` folder, ``./x``, ``a/b/c``) and
+    does not exist is an error, never a Hub download.
+    """
+    check_model_spec(spec)
+    if spec == PACKAGED_BASE:
         from .packaged import packaged_transformers_dir
 
         return str(packaged_transformers_dir())
+    if spec == RANDOM_TINY:
+        return str(random_tiny_dir())
+    path = Path(spec).expanduser()
+    return str(path) if path.exists() else spec
+
+
+def check_model_spec(spec: str) -> None:
+    """Raise `UserError` unless `spec` names a model; builds, converts and downloads nothing."""
+    if not isinstance(spec, str) or not spec:
+        raise UserError(f"model {spec!r}: give a model spec (a folder, a Hub id, {PACKAGED_BASE!r} or {RANDOM_TINY!r})")
+    if spec.startswith("packaged:"):
+        if spec != PACKAGED_BASE:
+            raise UserError(f"unknown packaged model {spec!r}; the one shipped is {PACKAGED_BASE!r}")
+        return
     if spec.startswith("random:"):
         if spec != RANDOM_TINY:
-            raise ValueError(f"unknown random model {spec!r}; the one built is {RANDOM_TINY!r}")
-        return str(random_tiny_dir())
-    if Path(spec).expanduser().exists():
-        return str(Path(spec).expanduser())
-    if spec.count("/") == 1 and not spec.startswith((".", "/")):
-        return spec  # a Hub id such as openai/whisper-small
-    raise ValueError(
+            raise UserError(f"unknown random model {spec!r}; the one built is {RANDOM_TINY!r}")
+        return
+    path = Path(spec).expanduser()
+    if path.exists():
+        return
+    if _is_hub_id(spec) and not Path(spec.split("/")[0]).expanduser().is_dir():
+        return  # a Hub id such as openai/whisper-small
+    if "/" in spec or "\\" in spec or spec.startswith((".", "~")):
+        # A path, never a Hub id: `runs/nosuch` beside a `runs/` folder is a typo, not a download.
+        raise UserError(
+            f"model {spec!r}: no such folder ({path.absolute()}); give a run's final/ folder, a Hub id "
+            f"(owner/name), {PACKAGED_BASE!r} or {RANDOM_TINY!r}"
+        )
+    raise UserError(
         f"model {spec!r} is neither a folder that exists, a Hub id (owner/name), "
         f"{PACKAGED_BASE!r} nor {RANDOM_TINY!r}"
     )
+
+
+def _is_hub_id(spec: str) -> bool:
+    """``owner/name`` as the Hub spells repo ids: letters, digits, ``-_.``, no ``--`` or ``..``."""
+    return bool(_HUB_ID.fullmatch(spec)) and "--" not in spec and ".." not in spec and len(spec) <= 96
 
 
 def load_processor(spec: str = DEFAULT_MODEL):
     """The `WhisperProcessor` (feature extractor + tokenizer) of a model spec."""
     from transformers import WhisperProcessor
 
-    return WhisperProcessor.from_pretrained(resolve_model(spec))
+    path = resolve_model(spec)
+    with model_errors(spec, path):
+        return WhisperProcessor.from_pretrained(path)
 
 
 def load_model(spec: str = DEFAULT_MODEL, device: str = "cpu", dtype=None):
@@ -57,10 +93,22 @@ def load_model(spec: str = DEFAULT_MODEL, device: str = "cpu", dtype=None):
     from transformers import WhisperForConditionalGeneration
 
     path = resolve_model(spec)
-    model = WhisperForConditionalGeneration.from_pretrained(path, dtype=dtype)
+    with model_errors(spec, path):
+        model = WhisperForConditionalGeneration.from_pretrained(path, dtype=dtype)
     force_swedish(model)
     model.to(device).eval()
     return model, load_processor(spec)
+
+
+@contextlib.contextmanager
+def model_errors(spec: str, path: str):
+    """Turn ``from_pretrained``'s OSError (no such Hub repo, offline and not cached, a folder without
+    weights) into a one-line `UserError` naming the spec."""
+    try:
+        yield
+    except OSError as err:
+        detail = " ".join(str(err).split())
+        raise UserError(f"model {spec!r} ({path}) cannot be loaded: {detail}") from err
 
 
 def force_swedish(model, language: str = LANGUAGE, task: str = TASK) -> None:

@@ -7,22 +7,26 @@ Specs:
   streaming mode, with configurable audio and text columns.
 
 A source yields `Example`s whose audio is not decoded yet (a path, bytes or a decoded dict), so a
-pool of workers can decode in parallel; `iter_clips` decodes and reports bad clips instead of
-crashing.
+pool of workers can decode in parallel; `decode_example` decodes one, and `iter_clips` decodes and
+reports bad clips instead of crashing. A TSV row that cannot be read (bytes that are not UTF-8, the
+wrong number of fields) is an `Example` too, carrying its reject reason and line number, so every
+row of a split is accounted for: rows written + rows rejected = rows in the TSV.
 """
 
 from __future__ import annotations
 
-import csv
+import io
+import itertools
 import logging
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
+import soundfile as sf
 
-from .audio import AudioError, load_audio
+from .audio import SAMPLE_RATE, AudioError, load_audio
+from .errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -37,15 +41,23 @@ CV_SPLITS = ("train", "dev", "test", "validated", "other", "invalidated")
 
 # Text columns tried in order when a Hub dataset's is not given (CV, FLEURS, NST, generic).
 HF_TEXT_COLUMNS = ("sentence", "transcription", "text", "normalized_text", "raw_transcription")
+# A decode this much shorter than the length the file's header declares is a truncated file: its
+# transcript covers audio that is not there. MP3 priming and padding stay well under it (~50 ms).
+TRUNCATION_SLACK_S = 0.2
 
 
 @dataclass
 class Example:
-    """One utterance before decoding: `audio` is a path, encoded bytes or an audio dict."""
+    """One utterance before decoding: `audio` is a path, encoded bytes or an audio dict.
+
+    `reject` is ``(reason, detail)`` for a source row that could not be read (``bad_encoding``,
+    ``bad_row``); such an example has no audio and is rejected, not decoded.
+    """
 
     id: str
     sentence: str
     audio: Any
+    reject: tuple[str, str] | None = None
 
 
 @dataclass
@@ -74,7 +86,7 @@ def parse_source(spec: str) -> tuple[str, str, str | None]:
         return "hf", target, config or None
     if (Path(spec) / "clips").is_dir():
         return "cv", spec, None
-    raise ValueError(
+    raise UserError(
         f"unknown source spec {spec!r}: use cv:PATH for a Common Voice release folder "
         "(or the synthetic corpus) and hf:ID[:CONFIG] for a Hugging Face dataset"
     )
@@ -95,11 +107,24 @@ def iter_examples(
         yield from iter_hub(target, config, split, audio_column=audio_column, text_column=text_column)
 
 
+def open_source(spec: str, split: str, **columns) -> Iterator[Example]:
+    """`iter_examples` with the first example already read, so a bad spec fails now, not later.
+
+    A missing folder or split, a header without ``path``/``sentence``, an unknown Hub dataset or
+    column all raise here, before the caller writes anything or loads a model.
+    """
+    examples = iter_examples(spec, split, **columns)
+    first = next(examples, None)
+    if first is None:
+        raise UserError(f"{spec} has no rows in split {split!r}: nothing to do")
+    return itertools.chain([first], examples)
+
+
 def iter_clips(spec: str, split: str, *, max_seconds: float | None = None, **columns) -> Iterator[Clip]:
-    """Yield decoded clips of `split`; a missing or unreadable clip comes with `error` set."""
+    """Yield decoded clips of `split`; a missing, unreadable or truncated clip comes with `error` set."""
     for ex in iter_examples(spec, split, **columns):
         try:
-            audio = load_audio(ex.audio, max_seconds=max_seconds)
+            audio = decode_example(ex, max_seconds=max_seconds)
         except AudioError as err:
             log.warning("skipping %s: %s", ex.id, err)
             yield Clip(ex.id, ex.sentence, None, f"{err.reason}: {err}")
@@ -107,13 +132,62 @@ def iter_clips(spec: str, split: str, *, max_seconds: float | None = None, **col
         yield Clip(ex.id, ex.sentence, audio)
 
 
+def decode_example(ex: Example, max_seconds: float | None = None) -> np.ndarray:
+    """`load_audio` for training data: 16 kHz mono float32, shape (n_samples,), or `AudioError`.
+
+    On top of the loader's reasons: a row the source could not read raises its own reason, and a
+    decode that ends early against the length the file's header declares raises ``truncated``
+    (a cut-off MP3 decodes to its first 0.7 s; stored with the whole sentence, it would teach the
+    model words that are not in the audio).
+    """
+    if ex.reject is not None:
+        raise AudioError(*ex.reject)
+    audio = load_audio(ex.audio, max_seconds=max_seconds)
+    declared, decoded = declared_seconds(ex.audio), len(audio) / SAMPLE_RATE
+    if declared is not None and declared - decoded > TRUNCATION_SLACK_S:
+        raise AudioError(
+            "truncated",
+            f"{ex.id}: decodes to {decoded:.2f} s but its header declares {declared:.2f} s "
+            "(a truncated or damaged file: the transcript would not match the audio)",
+        )
+    return audio
+
+
+def declared_seconds(audio: Any) -> float | None:
+    """The duration a file's header declares (frames / rate), or None when it declares none we can read.
+
+    `audio` is what an `Example` carries: a path, encoded bytes, or a dict with ``path``/``bytes``
+    (a decoded ``array`` declares nothing). Formats libsndfile cannot open give None.
+    """
+    if isinstance(audio, dict):
+        if audio.get("array") is not None:
+            return None
+        audio = audio.get("bytes") or audio.get("path")
+    if isinstance(audio, (bytes, bytearray)):
+        audio = io.BytesIO(audio)
+    elif not isinstance(audio, (str, Path)):
+        return None
+    try:
+        info = sf.info(audio)
+    except Exception:  # not a libsndfile format (ffmpeg decoded it), or no header to read
+        return None
+    if info.samplerate <= 0 or not 0 < info.frames < 1 << 62:  # libsndfile's "unknown" is SF_COUNT_MAX
+        return None
+    return info.frames / info.samplerate
+
+
 def iter_common_voice(folder: Path, split: str) -> Iterator[Example]:
     """Yield the rows of ``{folder}/{split}.tsv`` as examples pointing at ``clips/``.
 
-    Read with ``csv.QUOTE_NONE``: Common Voice sentences hold stray quotes that the default
-    dialect would swallow across lines. Rows with the wrong number of fields are logged with
-    their line number and skipped.
+    One line is one row, split on tabs with no quoting (``csv.QUOTE_NONE``): Common Voice
+    sentences hold stray quotes that the default dialect would swallow across lines. Each line is
+    decoded on its own, so a byte that is not UTF-8 costs that row, not the run. A row that is not
+    UTF-8 or has the wrong number of fields is yielded as a reject (``bad_encoding``, ``bad_row``)
+    whose id is ``{split}.tsv:{line}``; blank lines are not rows.
     """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: no such folder; a cv: source is a Common Voice release folder (clips/ + *.tsv)")
     tsv = folder / f"{split}.tsv"
     if not tsv.is_file():
         found = sorted(p.stem for p in folder.glob("*.tsv"))
@@ -121,25 +195,44 @@ def iter_common_voice(folder: Path, split: str) -> Iterator[Example]:
             f"{tsv} not found: a Common Voice release folder has {', '.join(CV_SPLITS[:4])}.tsv "
             f"(found: {', '.join(found) or 'no .tsv files'}); pass --split with one of those"
         )
-    csv.field_size_limit(sys.maxsize)
-    with tsv.open(newline="", encoding="utf-8") as f:
-        reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
-        header = next(reader, None)
-        if header is None:
+    with tsv.open("rb") as f:
+        first = f.readline()
+        if not first.strip():
             return
+        try:
+            header = _tsv_fields(first.decode("utf-8"))
+        except UnicodeDecodeError as err:
+            raise UserError(f"{tsv}:1: the header is not UTF-8 ({_bad_byte(first, err)})") from None
         missing = [c for c in CV_REQUIRED if c not in header]
         if missing:
-            raise ValueError(
+            raise UserError(
                 f"{tsv}: header lacks {missing} (has {header}); a Common Voice TSV needs the "
                 f"columns {list(CV_REQUIRED)}"
             )
         i_path, i_sentence = header.index("path"), header.index("sentence")
-        for line_no, row in enumerate(reader, start=2):
+        for line_no, raw in enumerate(f, start=2):
+            where = f"{tsv.name}:{line_no}"
+            try:
+                row = _tsv_fields(raw.decode("utf-8"))
+            except UnicodeDecodeError as err:
+                yield Example(where, "", None, ("bad_encoding", f"{where}: not UTF-8 ({_bad_byte(raw, err)}); row skipped"))
+                continue
+            if row == [""]:
+                continue
             if len(row) != len(header):
-                log.warning("%s:%d: %d fields, expected %d; row skipped", tsv, line_no, len(row), len(header))
+                yield Example(where, "", None, ("bad_row", f"{where}: {len(row)} fields, expected {len(header)}; row skipped"))
                 continue
             clip = row[i_path]
             yield Example(id=clip, sentence=row[i_sentence], audio=str(folder / "clips" / clip))
+
+
+def _tsv_fields(line: str) -> list[str]:
+    """One TSV line's fields: tabs split, nothing is quoted (Common Voice's QUOTE_NONE dialect)."""
+    return line.removesuffix("\n").removesuffix("\r").split("\t")
+
+
+def _bad_byte(raw: bytes, err: UnicodeDecodeError) -> str:
+    return f"byte 0x{raw[err.start]:02x} at column {err.start + 1}"
 
 
 def iter_hub(

@@ -23,6 +23,7 @@ import soundfile as sf
 import soxr
 from tqdm.auto import tqdm
 
+from .errors import UserError
 from .sources import CV_HEADER
 
 SENTENCES = Path(__file__).resolve().parents[2] / "data" / "sv_sentences.txt"
@@ -147,7 +148,7 @@ def synthesize(out: str | Path, cfg: SynthConfig = SynthConfig(), workers: int |
     different config in a non-empty folder is refused rather than mixed in.
     """
     if shutil.which("espeak-ng") is None:
-        raise RuntimeError("espeak-ng is not installed: run `make setup` (or apt-get install espeak-ng)")
+        raise UserError("espeak-ng is not installed: run `make setup` (or apt-get install espeak-ng)")
     out = Path(out)
     clips_dir = out / "clips"
     stamp = out / "synth.json"
