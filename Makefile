@@ -8,7 +8,8 @@ TORCH ?= torch==2.13.0
 # datasets 5 decodes audio with torchcodec, whose release must match torch: 0.13 <-> torch 2.13.
 TORCHCODEC ?= torchcodec==0.13.*
 # chromium: the browser test drives Debian's Chromium with Playwright (never `playwright install`).
-DEB_PACKAGES ?= espeak-ng ffmpeg chromium
+# postgresql: the search test starts a throw-away PostgreSQL cluster on a loopback port.
+DEB_PACKAGES ?= espeak-ng ffmpeg chromium postgresql
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 STAMP := build/.setup-done
 
@@ -25,6 +26,7 @@ $(STAMP): requirements.txt pyproject.toml Makefile
 	$(PIP) install -q --disable-pip-version-check "$(TORCH)" "$(TORCHCODEC)"
 	$(PIP) install -q --disable-pip-version-check -r requirements.txt -e .
 	$(PIP) install -q --disable-pip-version-check playwright  # tests only; drives /usr/bin/chromium
+	$(PIP) install -q --disable-pip-version-check "psycopg[binary]"  # tests only; the search's PostgreSQL storage
 	@mkdir -p $(dir $(STAMP)) && touch $(STAMP)
 
 demo: setup

@@ -65,6 +65,9 @@ class TrainConfig:
     # "states" caches its outputs, "cross_kv" also freezes and caches the decoder's
     # cross-attention keys/values (encoder_cache.py). The encoder is most of a CPU step.
     encoder_cache: str | None = None
+    # Where that cache lives: None = the run folder; a folder shared by several runs (a search's
+    # trials) holds one cache per model, store and kind, built once and read by all.
+    encoder_cache_dir: str | None = None
     # SpecAugment, Whisper's own implementation (WhisperConfig mask_time_*/mask_feature_*).
     apply_spec_augment: bool = False
     mask_time_prob: float = 0.05

@@ -47,3 +47,22 @@ def wer_report(references: Sequence[str], hypotheses: Sequence[str]) -> dict[str
         "cer": jiwer.cer([r for r, _ in norm], [h for _, h in norm]),
         "n": len(norm),
     }
+
+
+def utterance_errors(references: Sequence[str], hypotheses: Sequence[str]) -> list[tuple[int, int]]:
+    """Per utterance ``(word errors, reference words)`` after `normalize_sv`.
+
+    Summed over utterances with words, errors / words is `wer_report`'s normalised WER; the pairs
+    let two systems be compared on the same clips (paired bootstrap, Wilcoxon).
+    """
+    import jiwer
+
+    out = []
+    for ref, hyp in zip(references, hypotheses, strict=True):
+        ref, hyp = normalize_sv(ref), normalize_sv(hyp)
+        if not ref:
+            out.append((0, 0))
+            continue
+        m = jiwer.process_words(ref, hyp)
+        out.append((m.substitutions + m.deletions + m.insertions, len(ref.split())))
+    return out

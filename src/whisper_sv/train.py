@@ -29,13 +29,15 @@ import numpy as np
 
 from .config import TrainConfig, load_config, parse_overrides
 from .feature_store import commit_file
+from .locks import folder_lock
 from .logmel import collate_features
-from .metrics import wer_report
+from .metrics import utterance_errors, wer_report
 from .models import load_model
 
 log = logging.getLogger(__name__)
 
 COMPLETE_MARKER = "whisper_sv_complete.json"
+EVALS_DIR = "evals"  # per-utterance errors of each evaluation, step-N.json
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 # What a checkpoint needs to resume exactly: weights, optimizer, scheduler, RNG, trainer state.
 CHECKPOINT_FILES = ("model.safetensors", "optimizer.pt", "scheduler.pt", "trainer_state.json")
@@ -162,8 +164,12 @@ def make_compute_metrics(tokenizer):
         hyps = tokenizer.batch_decode(preds, skip_special_tokens=True)
         refs = tokenizer.batch_decode(labels, skip_special_tokens=True)
         report = wer_report(refs, hyps)
+        # Kept for the run folder's per-utterance record (evals/step-N.json): paired comparisons
+        # between runs (the search's Wilcoxon pruner, the smoothing ablation) need more than the mean.
+        compute_metrics.last = {"references": refs, "hypotheses": hyps}
         return {"wer": report["wer"], "wer_ortho": report["wer_ortho"], "cer": report["cer"]}
 
+    compute_metrics.last = None
     return compute_metrics
 
 
@@ -208,11 +214,29 @@ def write_metrics(run_dir: Path, log_history: list[dict]) -> None:
     commit_file(run_dir / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in log_history).encode())
 
 
-def _callbacks(cfg: TrainConfig, run_dir: Path):
+def write_eval_utterances(run_dir: Path, step: int, references: list[str], hypotheses: list[str]) -> Path:
+    """``evals/step-N.json``: each eval utterance's normalised word errors and reference words."""
+    errors = utterance_errors(references, hypotheses)
+    out = run_dir / EVALS_DIR / f"step-{step}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    record = {"step": step, "errors": [e for e, _ in errors], "words": [w for _, w in errors], "hypotheses": hypotheses}
+    commit_file(out, json.dumps(record, ensure_ascii=False).encode())
+    return out
+
+
+def read_eval_utterances(run_dir: str | Path, step: int) -> dict[str, Any] | None:
+    """What `write_eval_utterances` wrote for `step`, or None."""
+    try:
+        return json.loads((Path(run_dir) / EVALS_DIR / f"step-{step}.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _callbacks(cfg: TrainConfig, run_dir: Path, compute_metrics=None):
     from transformers import TrainerCallback
 
     class RunFolderCallback(TrainerCallback):
-        """Marks finished checkpoints, keeps metrics.jsonl and the curves current."""
+        """Marks finished checkpoints, keeps metrics.jsonl, the curves and evals/ current."""
 
         def on_save(self, args, state, control, **kwargs):
             ckpt = run_dir / f"checkpoint-{state.global_step}"
@@ -224,8 +248,12 @@ def _callbacks(cfg: TrainConfig, run_dir: Path):
                 write_metrics(run_dir, state.log_history)
 
         def on_evaluate(self, args, state, control, metrics=None, **kwargs):
-            if state.is_world_process_zero:
-                _draw(cfg, run_dir, state.log_history)
+            if not state.is_world_process_zero:
+                return
+            last = getattr(compute_metrics, "last", None)
+            if last is not None:
+                write_eval_utterances(run_dir, state.global_step, last["references"], last["hypotheses"])
+            _draw(cfg, run_dir, state.log_history)
 
     return [RunFolderCallback()]
 
@@ -292,9 +320,10 @@ def open_stores(cfg: TrainConfig, run_dir: Path):
     return train, evals, wanted
 
 
-# Keys of feature_config.json that say where the clips came from, not how they were turned into
-# numbers: a train and an eval store differ in them, and that is fine.
-_SOURCE_KEYS = {"source", "split", "audio_column", "text_column"}
+# Keys of feature_config.json that say where the clips came from or how they were filed, not how
+# they were turned into numbers: a train and an eval store may differ in them, and that is fine
+# (shard_size only decides which clips share a Parquet file).
+_SOURCE_KEYS = {"source", "split", "audio_column", "text_column", "shard_size"}
 
 
 def comparable_feature_config(config: dict[str, Any]) -> dict[str, Any]:
@@ -358,10 +387,12 @@ def prepare_model(cfg: TrainConfig, feature_config: dict[str, Any]):
     return model, processor
 
 
-def train(cfg: TrainConfig) -> dict[str, Any]:
+def train(cfg: TrainConfig, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     """Fine-tune as configured; resumes from the last complete checkpoint in ``cfg.output_dir``.
 
-    Returns ``{"final": path, "metrics": last eval metrics or {}, "resumed_from": path or None}``.
+    `callbacks` are extra `TrainerCallback`s, run after the run folder's own (the search reports
+    each evaluation to its trial with one). Returns ``{"final": path, "metrics": last eval
+    metrics or {}, "resumed_from": path or None}``.
     """
     from transformers import EarlyStoppingCallback, Seq2SeqTrainingArguments
 
@@ -380,7 +411,11 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
 
         shards = [r["sha256"] for r in FeatureStore(cfg.train_data).manifest]
         key = cache_key(cfg.model, shards, len(train_ds), cfg.encoder_cache)
-        cache = build_encoder_cache(model, train_ds, run_dir / "encoder_cache", key, cfg.encoder_cache)
+        # One cache per (model, shards, rows, kind): runs that share encoder_cache_dir (the trials
+        # of a search) build it once and all read it.
+        folder = Path(cfg.encoder_cache_dir) / key if cfg.encoder_cache_dir else run_dir / "encoder_cache"
+        with folder_lock(folder):
+            cache = build_encoder_cache(model, train_ds, folder, key, cfg.encoder_cache)
         readahead = readahead_for(cache)
         train_ds = train_ds.remove_columns(["input_features"]).add_column("cache_row", list(range(len(train_ds))))
     # 3. where to start
@@ -396,18 +431,20 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     if cache is not None:
         defaults["dataloader_num_workers"] = 1  # collates (and reads ahead) a batch or two early
     args = Seq2SeqTrainingArguments(**{**defaults, **cfg.training_arguments()}, **pick_precision(cfg.precision))
-    callbacks = _callbacks(cfg, run_dir)
+    compute_metrics = make_compute_metrics(processor.tokenizer) if eval_ds is not None else None
+    all_callbacks = _callbacks(cfg, run_dir, compute_metrics)
     if cfg.early_stopping_patience is not None:
-        callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience))
+        all_callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience))
+    all_callbacks.extend(callbacks)
     trainer = _trainer_class(cache, cfg.encoder_cache)(
         model=model,
         args=args,
         train_dataset=train_ds,
         eval_dataset=eval_ds,
         data_collator=SpeechCollator(model.config.decoder_start_token_id, readahead),
-        compute_metrics=make_compute_metrics(processor.tokenizer) if eval_ds is not None else None,
+        compute_metrics=compute_metrics,
         processing_class=processor,
-        callbacks=callbacks,
+        callbacks=all_callbacks,
     )
     trainer.train(resume_from_checkpoint=resume)
     metrics = {}
