@@ -13,7 +13,7 @@ DEB_PACKAGES ?= espeak-ng ffmpeg chromium postgresql
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 STAMP := build/.setup-done
 
-.PHONY: setup demo test test-fast bench bench-features bench-inference bench-window bench-threads bench-app app clean
+.PHONY: setup demo test test-fast bench bench-features bench-inference bench-window bench-threads bench-app bench-search bench-search-cpu bench-ablation app clean
 
 setup: $(STAMP)
 
@@ -55,6 +55,16 @@ bench-threads: setup  # CTranslate2 encoder and decoder at 1 thread vs all cores
 
 bench-app: setup  # 20 concurrent gradio_client users on 127.0.0.1
 	flock /tmp/whisper_sv_bench.lock $(PYTHON) bench/app_load.py
+
+bench-search: setup  # ~3 min: crash drill (3 random SIGKILLs) and RSS over 8 trials in one worker
+	flock /tmp/whisper_sv_bench.lock $(PYTHON) bench/search_drill.py --trials 6 --kills 3
+	flock /tmp/whisper_sv_bench.lock $(PYTHON) bench/search_drill.py --memory --trials 8 --out bench/out/memory
+
+bench-search-cpu: setup  # ~45 min: configs/search-cpu.json to the end, best trial scored on 100 test clips
+	flock /tmp/whisper_sv_bench.lock $(PYTHON) bench/search_cpu.py
+
+bench-ablation: setup  # hours at the cpu-demo budget: the smoothing grid, bootstrap CIs, img/smoothing_ablation.png
+	flock /tmp/whisper_sv_bench.lock $(PYTHON) bench/smoothing_ablation.py
 
 bench-features: setup  # ~7 min: ours vs the standard datasets.map recipe on 2,000 clips
 	flock /tmp/whisper_sv_bench.lock $(PYTHON) bench/features.py

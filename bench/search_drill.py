@@ -7,7 +7,7 @@ Drill: a study of `configs/search-tiny.json` (the tiny preset) on a small synthe
 `whisper-sv search` in a child process. At `--kills` moments drawn at random over the expected run
 (seeded), the worker is SIGKILLed and the same command started again; then it runs to the end.
 Reported: trials finished (must equal --trials), trials lost (fewer finished than asked) or doubled
-(two finished trials on one run folder, or one parameter set finished twice by retries), and the
+(two finished trials on one run folder: a trial and its retry both counted), and the
 training redone: steps trained again after each kill (the killed attempt's last logged step minus
 the checkpoint its retry resumed from) against what a retry from zero would redo (every step it
 had trained).
@@ -38,7 +38,14 @@ def search_cmd(study: Path, corpus: Path, trials: int, extra: list[str]) -> list
     features = {"source": f"cv:{corpus}", "shard_size": 16}
     return [sys.executable, "-m", "whisper_sv.cli", "search", str(ROOT / "configs" / "search-tiny.json"),
             "--study_dir", str(study), "--features", json.dumps(features), "--trials", str(trials),
-            "--logging_steps", "1", *extra]
+            "--max_steps", "12", "--save_steps", "3", "--eval_steps", "6", "--logging_steps", "1", *extra]
+
+
+def _study_cfg(study: Path):
+    """The SearchConfig a study folder was run with (its search.json)."""
+    from whisper_sv.search import SearchConfig
+
+    return SearchConfig(**json.loads((study / "search.json").read_text()))
 
 
 def last_step(run_dir: Path) -> int:
@@ -74,43 +81,43 @@ def drill(args, corpus: Path, out: Path) -> dict:
     subprocess.run(search_cmd(out / "probe", corpus, 1, ["--pruner", "none"]), check=True, env=env, capture_output=True)
     per_trial = time.time() - t0
     rng = random.Random(args.seed)
-    moments = sorted(rng.uniform(0.1, 0.9) * per_trial * args.trials for _ in range(args.kills))
     kills = []
     started = time.time()
-    for moment in moments:
+    for _ in range(args.kills):
+        # A moment inside the next trial or two: past start-up, before the study can end.
+        moment = rng.uniform(0.4, 1.6) * per_trial
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait = max(0.5, moment - (time.time() - started))
         try:
-            proc.wait(timeout=wait)
-            kills.append({"at_s": round(moment, 1), "killed": False})
+            proc.wait(timeout=moment)
+            kills.append({"after_s": round(moment, 1), "killed": False})
             continue
         except subprocess.TimeoutExpired:
             pass
-        running = sorted((study / "trials").glob("*"), key=lambda p: p.stat().st_mtime)
-        run_dir = running[-1] if running else None
         proc.send_signal(signal.SIGKILL)
         proc.wait()
+        from whisper_sv.search import open_study
         from whisper_sv.train import complete_checkpoints
 
-        done = complete_checkpoints(run_dir) if run_dir else []
+        running = [t for t in open_study(_study_cfg(study)).get_trials()
+                   if t.state.name == "RUNNING"]
+        run_dir = Path(running[0].user_attrs["run_dir"]) if running and "run_dir" in running[0].user_attrs else None
+        done = complete_checkpoints(run_dir) if run_dir and run_dir.exists() else []
         ckpt = int(done[-1].name.split("-")[1]) if done else 0
         trained = last_step(run_dir) if run_dir else 0
-        finished_already = run_dir is not None and (run_dir / "final").exists()
-        kills.append({"at_s": round(time.time() - started, 1), "killed": True, "run_dir": str(run_dir),
-                      "steps_trained": trained, "resumes_from": ckpt, "finished_already": finished_already})
+        kills.append({"after_s": round(moment, 1), "killed": True, "trial": running[0].number if running else None,
+                      "run_dir": str(run_dir), "steps_trained": trained, "resumes_from": ckpt})
     subprocess.run(cmd, check=True, env=env, capture_output=True)
     wall = time.time() - started
     rows = read_summary(study)
     finished = [r for r in rows if r["state"] in ("COMPLETE", "PRUNED")]
     folders = [r["run_dir"] for r in finished]
-    params = [tuple(v for k, v in sorted(r.items()) if k.startswith("param:")) for r in finished]
     step_s = seconds_per_step([Path(r["run_dir"]) for r in finished if not r["note"]])
-    redone = sum(k["steps_trained"] - k["resumes_from"] for k in kills if k.get("killed") and not k["finished_already"])
-    from_zero = sum(k["steps_trained"] for k in kills if k.get("killed") and not k["finished_already"])
+    redone = sum(k["steps_trained"] - k["resumes_from"] for k in kills if k.get("killed"))
+    from_zero = sum(k["steps_trained"] for k in kills if k.get("killed"))
     return {
         "trials_asked": args.trials, "trials_finished": len(finished),
         "trials_lost": max(0, args.trials - len(finished)),
-        "trials_doubled": (len(folders) - len(set(folders))) + (len(params) - len(set(params))),
+        "trials_doubled": len(folders) - len(set(folders)),  # one folder per trial, retries included
         "kills": kills, "steps_redone": redone, "steps_redone_if_from_zero": from_zero,
         "training_minutes_redone": round(redone * step_s / 60, 3) if step_s else None,
         "training_minutes_redone_if_from_zero": round(from_zero * step_s / 60, 3) if step_s else None,

@@ -238,6 +238,8 @@ def _assert_no_trial_run_twice(trials, n):
     assert len(finished) == n
     ran = [t for t in trials if not t.user_attrs.get("discarded")]
     assert len({t.user_attrs["run_dir"] for t in ran}) == len(ran), "two trials trained in one folder"
+    params = [tuple(sorted(t.params.items())) for t in finished]
+    assert len(set(params)) == len(params), "two workers suggested the same parameters (one sampler seed)"
     assert all(Path(t.user_attrs["run_dir"], "final", "model.safetensors").is_file() for t in finished if t.state.name == "COMPLETE")
 
 

@@ -17,6 +17,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -113,6 +114,9 @@ class SearchConfig:
     storage: str | None = None  # any Optuna storage URL; default: a journal file in study_dir
     trials: int = 20  # finished (COMPLETE or PRUNED) trials the study runs to
     sampler: str = "tpe"  # tpe, grid (every combination of the space, for ablations) or random
+    # The sampler's seed is mixed with the worker's PID and the study's trial count, so a restarted
+    # worker, or a second one, never replays the first one's suggestions (two TPE samplers with one
+    # seed suggest the same parameters until their start-up trials are done).
     seed: int = 0
     pruner: str = "median"  # median, wilcoxon (paired per-utterance errors) or none
     pruner_args: dict[str, Any] = field(default_factory=dict)  # passed to the Optuna pruner
@@ -287,11 +291,14 @@ def open_study(cfg: SearchConfig, create: bool = True):
         # where fcntl locks and SQLite's do not.
         Path(storage).parent.mkdir(parents=True, exist_ok=True)
         storage = JournalStorage(JournalFileBackend(storage, lock_obj=JournalFileOpenLock(storage)))
-    sampler = _sampler(cfg)
     pruner = _pruner(cfg)
     if not create:
-        return optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
-    return optuna.create_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner, direction="minimize", load_if_exists=True)
+        return optuna.load_study(study_name=name, storage=storage, sampler=_sampler(cfg, cfg.seed), pruner=pruner)
+    study = optuna.create_study(study_name=name, storage=storage, sampler=_sampler(cfg, cfg.seed), pruner=pruner,
+                                direction="minimize", load_if_exists=True)
+    seed = int.from_bytes(hashlib.sha256(f"{cfg.seed}/{len(study.trials)}/{os.getpid()}".encode()).digest()[:4], "little")
+    study.sampler = _sampler(cfg, seed % 2**31)
+    return study
 
 
 def _rdb_storage(url: str, attempts: int = 5):
@@ -313,14 +320,14 @@ def _rdb_storage(url: str, attempts: int = 5):
             time.sleep(0.5 + random.random())
 
 
-def _sampler(cfg: SearchConfig):
+def _sampler(cfg: SearchConfig, seed: int):
     import optuna
 
     if cfg.sampler == "grid":
-        return optuna.samplers.GridSampler({p.name: p.grid() for p in cfg.params}, seed=cfg.seed)
+        return optuna.samplers.GridSampler({p.name: p.grid() for p in cfg.params}, seed=seed)
     if cfg.sampler == "random":
-        return optuna.samplers.RandomSampler(seed=cfg.seed)
-    return optuna.samplers.TPESampler(seed=cfg.seed)
+        return optuna.samplers.RandomSampler(seed=seed)
+    return optuna.samplers.TPESampler(seed=seed)
 
 
 def _pruner(cfg: SearchConfig):
