@@ -336,3 +336,27 @@ def test_a_deliberately_bad_learning_rate_is_pruned(sv_corpus, tmp_path):
     assert bad.intermediate_values[2] > max(trials[1e-6].value, trials[2e-6].value)
     assert outcome["finished"] == 3 and outcome["counts"] == {"COMPLETE": 2, "PRUNED": 1}
     assert "| PRUNED |" in (tmp_path / "study" / "summary.md").read_text()
+
+
+def test_the_wilcoxon_pruner_gets_each_eval_utterance_paired_by_step_and_clip(tmp_path):
+    """With pruner "wilcoxon", an evaluation is reported as one WER per utterance, keyed so that two
+    trials pair clip by clip; a resumed trial re-reports the evaluations it made before the crash."""
+    import optuna
+    from transformers import TrainerState
+
+    from whisper_sv.search import _reporter
+    from whisper_sv.train import write_eval_utterances
+
+    cfg = _config(pruner="wilcoxon")
+    trial = optuna.create_study(pruner=optuna.pruners.WilcoxonPruner()).ask()
+    write_eval_utterances(tmp_path, 2, ["ett två tre", "fyra", ""], ["ett två", "fyra fem", "x"])
+    write_eval_utterances(tmp_path, 4, ["ett två tre", "fyra", ""], ["ett två tre", "fyra", ""])
+    callback = _reporter(trial, cfg, tmp_path)
+    state = TrainerState()
+    state.log_history = [{"step": 2, "eval_wer": 0.5}]
+    callback.on_train_begin(None, state, None)  # the evaluation at step 2 happened before a crash
+    state.global_step = 4
+    callback.on_evaluate(None, state, None, metrics={"eval_wer": 0.0})
+    frozen = trial.study.get_trials()[0]
+    # Utterance 2 has no reference words after normalisation: it is left out, as in the corpus WER.
+    assert frozen.intermediate_values == {200_000: pytest.approx(1 / 3), 200_001: 1.0, 400_000: 0.0, 400_001: 0.0}
