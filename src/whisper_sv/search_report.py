@@ -32,7 +32,7 @@ def counts(study) -> dict[str, int]:
 
 
 def trial_rows(study) -> list[dict[str, Any]]:
-    """One row per trial that ran (discarded ones left out), in trial order."""
+    """One row per trial that ran (discarded ones left out), in trial order; WER in percent."""
     rows = []
     for t in study.get_trials(deepcopy=False):
         if t.user_attrs.get("discarded"):
@@ -44,9 +44,8 @@ def trial_rows(study) -> list[dict[str, Any]]:
             note = "worker died; resumed by a later trial"
         rows.append({
             "trial": t.number, "state": t.state.name, **{f"param:{k}": v for k, v in t.params.items()},
+            # A pruned trial's value is its last reported WER (Optuna's rule): the one it was stopped at.
             "wer": None if t.value is None else round(100 * t.value, 2),
-            "last_eval_wer": round(100 * t.intermediate_values[max(t.intermediate_values)], 2)
-            if t.intermediate_values and t.state.name == "PRUNED" and len(t.intermediate_values) < 100_000 else None,
             "minutes": t.user_attrs.get("minutes"), "rss_mb": t.user_attrs.get("rss_mb"),
             "peak_rss_mb": t.user_attrs.get("peak_rss_mb"),
             "run_dir": t.user_attrs.get("run_dir"), "note": note,
@@ -80,11 +79,19 @@ def write_results(study, cfg) -> dict[str, Any]:
     if best is not None:
         md += [f"Best: trial {best.number}, WER {100 * best.value:.2f} %, {best.params}; `whisper-sv train {study_dir / 'best.json'}` trains it again.", ""]
     md += ["| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
-    md += ["| " + " | ".join("" if r.get(c) is None else str(r.get(c)) for c in columns) + " |" for r in rows]
+    md += ["| " + " | ".join(_cell(r.get(c)) for c in columns) + " |" for r in rows]
     commit_file(study_dir / "summary.md", ("\n".join(md) + "\n").encode())
     outcome["summary"] = str(study_dir / "summary.md")
     outcome["plots"] = [str(p) for p in write_plots(study, study_dir / "img")]
     return outcome
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
 
 
 def write_plots(study, folder: Path) -> list[Path]:
