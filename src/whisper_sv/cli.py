@@ -30,13 +30,8 @@ STAGES = (
     ("app", "whisper_sv.app"),
 )
 # What each planned subcommand will do, and where its work is tracked, until its module exists.
-PLANNED = {
-    "features": ("audio -> exact Whisper log-mel feature store, resumable", "issue #3"),
-    "train": ("fine-tune with Seq2SeqTrainer, resumable", "issue #4"),
-    "evaluate": ("WER / orthographic WER / CER report of a model on a split", "issue #4"),
-    "export": ("CTranslate2 export for faster-whisper", "issue #4"),
-    "app": ("Gradio app: transcribe and continue Swedish", "issue #5"),
-}
+# Every stage of the design is built; a new stage is listed here (name -> (what, issue)) until it is.
+PLANNED: dict[str, tuple[str, str]] = {}
 
 
 # Path errors are the user's wherever they are raised (a preset, a folder, a clip that is not there).

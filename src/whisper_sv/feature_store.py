@@ -1,6 +1,6 @@
 """The feature store on disk: atomic files, the manifest, Parquet shards, and reading it all back.
 
-Layout (DESIGN.md, Feature store)::
+Layout::
 
     OUT/feature_config.json           the resolved FeatureConfig (written before any work)
     OUT/manifest.jsonl                one line per committed shard: the truth about what is done
