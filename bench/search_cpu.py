@@ -78,6 +78,10 @@ def main() -> None:
         "best": best,
         "best_test": {k: report[k] for k in ("wer", "wer_ortho", "cer", "n")},
     }
+    import shutil
+
+    for name in ("intermediate_values", "optimization_history"):  # the figures docs/benchmarks.md shows
+        shutil.copyfile(Path(cfg.study_dir) / "img" / f"{name}.png", ROOT / "img" / f"search_cpu_{name.split('_')[0]}.png")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(record, indent=2))
     print(json.dumps(record, indent=2))
