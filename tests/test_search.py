@@ -89,10 +89,10 @@ def _dead_pid() -> int:
 
 
 def test_a_dead_worker_on_this_host_is_stale_at_once_and_a_silent_remote_one_after_the_grace():
-    from whisper_sv.search import HOST, _worker_id
+    from whisper_sv.search import BOOT, HOST, _worker_id
 
     assert not is_stale(_Trial(_worker_id(), heartbeat=0), stale_after_s=600)  # alive, whatever the heartbeat
-    assert is_stale(_Trial({"host": HOST, "pid": _dead_pid(), "start": 1.0}, heartbeat=time.time()), stale_after_s=600)
+    assert is_stale(_Trial({"host": HOST, "boot": BOOT, "pid": _dead_pid(), "start": 1.0}, heartbeat=time.time()), stale_after_s=600)
     # A live PID that is another process (the PID was reused) is as dead as a missing one.
     assert is_stale(_Trial({**_worker_id(), "start": 12.0}, heartbeat=time.time()), stale_after_s=600)
     remote = {"host": HOST + "-elsewhere", "pid": os.getpid(), "start": 1.0}
@@ -104,7 +104,7 @@ def test_recover_fails_a_dead_trial_once_and_queues_one_retry_with_its_parameter
     import optuna
     from optuna.trial import TrialState
 
-    from whisper_sv.search import HOST, _must_discard
+    from whisper_sv.search import BOOT, HOST, _must_discard
 
     cfg = _config(trials=3)
     study = optuna.create_study()
@@ -113,7 +113,7 @@ def test_recover_fails_a_dead_trial_once_and_queues_one_retry_with_its_parameter
     dead = study.ask()
     dead.suggest_float("learning_rate", 1e-4, 1e-2, log=True)
     dead.set_user_attr("run_dir", "study/trials/0001")
-    dead.set_user_attr("worker", {"host": HOST, "pid": _dead_pid(), "start": 1.0})
+    dead.set_user_attr("worker", {"host": HOST, "boot": BOOT, "pid": _dead_pid(), "start": 1.0})
     assert recover(study, cfg) == [1]
     assert recover(study, cfg) == []  # the retry is queued once, however often workers look
     states = [t.state for t in study.get_trials()]
@@ -360,3 +360,24 @@ def test_the_wilcoxon_pruner_gets_each_eval_utterance_paired_by_step_and_clip(tm
     frozen = trial.study.get_trials()[0]
     # Utterance 2 has no reference words after normalisation: it is left out, as in the corpus WER.
     assert frozen.intermediate_values == {200_000: pytest.approx(1 / 3), 200_001: 1.0, 400_000: 0.0, 400_001: 0.0}
+
+
+def test_a_worker_whose_trial_was_taken_over_stops_training_it():
+    """Two machines that share a host name, or a worker silent past stale_after_s: another worker
+    fails its trial and queues the retry; the first worker's next heartbeat is refused and its
+    next training step stops, so two trainers never share the run folder for long."""
+    import optuna
+    from optuna.trial import TrialState
+    from transformers import TrainerState
+
+    from whisper_sv.search import TrialTakenOver, _Heartbeat, _reporter
+
+    study = optuna.create_study()
+    trial = study.ask()
+    with _Heartbeat(trial, interval=0.05) as heartbeat:
+        callback = _reporter(trial, _config(), Path("unused"), heartbeat.lost)
+        callback.on_step_end(None, TrainerState(), None)  # still ours: training goes on
+        study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+        assert heartbeat.lost.wait(timeout=30), "the refused heartbeat was not noticed"
+        with pytest.raises(TrialTakenOver, match="was failed by another worker"):
+            callback.on_step_end(None, TrainerState(), None)

@@ -104,15 +104,26 @@ def _process_start(pid: int) -> float | None:
         return None
 
 
+def _boot_id() -> str | None:
+    """This kernel's boot id (Linux): with the host name, what makes a PID mean this process."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return None
+
+
+BOOT = _boot_id()
+
+
 def _worker_id() -> dict[str, Any]:
-    return {"host": HOST, "pid": os.getpid(), "start": _process_start(os.getpid())}
+    return {"host": HOST, "boot": BOOT, "pid": os.getpid(), "start": _process_start(os.getpid())}
 
 
 def is_stale(trial, stale_after_s: float, now: float | None = None) -> bool:
     """Whether a RUNNING trial's worker is gone: dead on this host, or silent too long elsewhere."""
     now = now or time.time()
     worker = trial.user_attrs.get("worker")
-    if worker and worker.get("host") == HOST:
+    if worker and worker.get("host") == HOST and worker.get("boot") == BOOT:
         start = _process_start(int(worker["pid"]))
         return start is None or abs(start - float(worker.get("start") or 0)) > 1.0
     beat = trial.user_attrs.get("heartbeat")
@@ -121,17 +132,29 @@ def is_stale(trial, stale_after_s: float, now: float | None = None) -> bool:
     return beat is None or now - float(beat) > stale_after_s
 
 
+class TrialTakenOver(Exception):
+    """Another worker judged this trial's worker dead and failed the trial (a heartbeat silent past
+    `stale_after_s`, a host name shared by two machines): this worker must stop training it, since
+    its retry resumes the same run folder."""
+
+
 class _Heartbeat:
-    """A thread that stamps the running trial every `interval` seconds."""
+    """A thread that stamps the running trial every `interval` seconds; `lost` is set once the
+    storage refuses a stamp because the trial was finished by someone else."""
 
     def __init__(self, trial, interval: float):
-        self.trial, self.interval, self.stop = trial, interval, threading.Event()
+        self.trial, self.interval, self.stop, self.lost = trial, interval, threading.Event(), threading.Event()
         self.thread = threading.Thread(target=self._run, name="search-heartbeat", daemon=True)
 
     def _run(self):
+        from optuna.exceptions import UpdateFinishedTrialError
+
         while not self.stop.wait(self.interval):
             try:
                 self.trial.set_user_attr("heartbeat", time.time())
+            except UpdateFinishedTrialError:
+                self.lost.set()
+                return
             except Exception as err:  # the storage hiccuped; the next beat tries again
                 log.debug("heartbeat failed: %s", err)
 
@@ -210,8 +233,9 @@ def _must_discard(study, trial, wanted: int) -> str | None:
 # One trial
 
 
-def _reporter(trial, cfg: SearchConfig, run_dir: Path):
-    """A TrainerCallback that reports each evaluation to `trial` and prunes when told to."""
+def _reporter(trial, cfg: SearchConfig, run_dir: Path, lost: threading.Event | None = None):
+    """A TrainerCallback that reports each evaluation to `trial` and prunes when told to; stops
+    training once `lost` is set (the trial was taken over)."""
     import optuna
     from transformers import TrainerCallback
 
@@ -245,6 +269,10 @@ def _reporter(trial, cfg: SearchConfig, run_dir: Path):
                 if "eval_wer" in h:
                     self._report(int(h["step"]), h["eval_wer"])
 
+        def on_step_end(self, args, state, control, **kwargs):
+            if lost is not None and lost.is_set():
+                raise TrialTakenOver(f"trial {trial.number} was failed by another worker at step {state.global_step}; its retry resumes it")
+
         def on_evaluate(self, args, state, control, metrics=None, **kwargs):
             if metrics and "eval_wer" in metrics:
                 self._report(state.global_step, metrics["eval_wer"])
@@ -271,6 +299,17 @@ def _peak_rss_mb() -> float | None:
     return round(peak / (2**20 if sys.platform == "darwin" else 2**10), 1)  # bytes on macOS, KiB on Linux
 
 
+def _set_attrs(trial, **attrs) -> None:
+    """Record attributes on a trial that another worker may have failed meanwhile (then: skip)."""
+    from optuna.exceptions import UpdateFinishedTrialError
+
+    try:
+        for key, value in attrs.items():
+            trial.set_user_attr(key, value)
+    except UpdateFinishedTrialError:
+        pass
+
+
 def run_trial(trial, cfg: SearchConfig) -> float:
     """The objective: train the trial's config in its run folder; the final eval WER."""
     import optuna
@@ -288,24 +327,22 @@ def run_trial(trial, cfg: SearchConfig) -> float:
     params = {p.name: p.suggest(trial) for p in cfg.params}
     started = time.time()
     try:
-        with _Heartbeat(trial, cfg.heartbeat_s):
+        with _Heartbeat(trial, cfg.heartbeat_s) as heartbeat:
             stores = ensure_stores(cfg, study_dir, params) if cfg.features else None
             train_cfg = build_config(trial_train_values(cfg, params, str(run_dir), stores))
             retry = f" (retry of trial {trial.user_attrs['retry_of']})" if "retry_of" in trial.user_attrs else ""
             print(f"search: trial {trial.number}{retry} {params} -> {run_dir}")
-            result = train(train_cfg, callbacks=[_reporter(trial, cfg, run_dir)])
+            result = train(train_cfg, callbacks=[_reporter(trial, cfg, run_dir, heartbeat.lost)])
     except KeyboardInterrupt:
-        trial.set_user_attr("resume", True)  # stopped by hand: the next run resumes it
+        _set_attrs(trial, resume=True)  # stopped by hand: the next run resumes it
         raise
-    except optuna.TrialPruned:
+    except (optuna.TrialPruned, TrialTakenOver):
         raise
     except Exception as err:
-        trial.set_user_attr("error", f"{type(err).__name__}: {err}")
+        _set_attrs(trial, error=f"{type(err).__name__}: {err}")
         raise TrialError(f"trial {trial.number} failed: {type(err).__name__}: {err}") from err
     finally:
-        trial.set_user_attr("minutes", round((time.time() - started) / 60, 3))
-        trial.set_user_attr("rss_mb", _rss_mb())
-        trial.set_user_attr("peak_rss_mb", _peak_rss_mb())
+        _set_attrs(trial, minutes=round((time.time() - started) / 60, 3), rss_mb=_rss_mb(), peak_rss_mb=_peak_rss_mb())
         if not cfg.keep_encoder_cache:
             shutil.rmtree(study_dir / "encoder_cache", ignore_errors=True)
     wer = result["metrics"].get("eval_wer")
@@ -327,6 +364,7 @@ def search(cfg: SearchConfig) -> dict[str, Any]:
     ``summary.md``/``.csv`` and the plots into the study folder when it returns.
     """
     import optuna
+    from optuna.exceptions import UpdateFinishedTrialError
 
     study_dir, _, _ = study_paths(cfg)
     study_dir.mkdir(parents=True, exist_ok=True)
@@ -343,9 +381,14 @@ def search(cfg: SearchConfig) -> dict[str, Any]:
         if done + c.get("RUNNING", 0) >= cfg.trials and not c.get("WAITING"):
             print(f"search: the remaining {cfg.trials - done} trial(s) are running on other workers")
             break
-        study.optimize(lambda t: run_trial(t, cfg), n_trials=1, catch=(_Discard, TrialError), gc_after_trial=True)
+        ran: list = []
+        try:
+            study.optimize(lambda t: run_trial(t, cfg), n_trials=1, catch=(_Discard, TrialError, TrialTakenOver),
+                           gc_after_trial=True, callbacks=[lambda _, t: ran.append(t)])
+        except UpdateFinishedTrialError:
+            print("search: this worker's trial was failed by another worker (taken for dead); its retry resumes it")
         gc.collect()
-        last = study.get_trials(deepcopy=False)[-1] if study.get_trials(deepcopy=False) else None
+        last = ran[-1] if ran else None
         failures = failures + 1 if last is not None and "error" in last.user_attrs and last.state.name == "FAIL" else 0
         if failures >= 3:
             raise RuntimeError(f"3 trials in a row failed; the last: {last.user_attrs['error']} (see {last.user_attrs.get('run_dir')})")
@@ -393,6 +436,10 @@ def _run_cli(args) -> int:
     for key in ("trials", "storage", "study_name"):
         if getattr(args, key) is not None:
             overrides[key] = getattr(args, key)
-    result = search(load_search_config(args.config, overrides))
+    try:
+        result = search(load_search_config(args.config, overrides))
+    except KeyboardInterrupt:
+        print("whisper-sv search: interrupted; run the same command again to resume the trial from its last checkpoint", file=sys.stderr)
+        return 130
     print(json.dumps(result, default=str))
     return 0
