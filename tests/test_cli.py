@@ -21,3 +21,10 @@ def test_unbuilt_stage_names_its_issue(capsys, monkeypatch):
     assert built == {name for name, _ in STAGES} | {"later"}
     assert main(["later", "configs/tiny.json", "--trials", "3"]) == 2
     assert "not filed yet" in capsys.readouterr().err
+
+
+def test_app_refuses_a_host_it_cannot_listen_on_in_one_line(capsys):
+    """Gradio would load both models and then say "Cannot find empty port" (issue 13, item 13)."""
+    assert main(["app", "--host", "999.1.1.1"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--host '999.1.1.1' is not an address of this machine" in err

@@ -57,6 +57,23 @@ MAX_BODY_BYTES = 1 << 20  # any request but an upload: /continue's 20,000 charac
 _MULTIPART_OVERHEAD = 64 << 10  # part headers and boundaries around the files of one upload
 
 
+def _check_host(host: str) -> None:
+    """Refuse a host this machine cannot listen on, before any model loads (Gradio would only say
+    "Cannot find empty port"). Binding to port 0 asks the kernel, not the network."""
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        with socket.socket(family) as probe:
+            probe.bind((host, 0))
+    except (OSError, UnicodeError, ValueError) as err:
+        reason = getattr(err, "strerror", None) or str(err)
+        raise ValueError(
+            f"--host {host!r} is not an address of this machine ({reason}); use 127.0.0.1 "
+            "(this machine only) or 0.0.0.0 (every interface)"
+        ) from None
+
+
 @dataclass(frozen=True)
 class AppConfig:
     """Everything `launch` needs; the CLI flags map one to one."""
@@ -89,6 +106,7 @@ class AppConfig:
         if self.concurrency < 1 or self.queue_size < 1:
             raise ValueError("concurrency and queue_size must be at least 1")
         InferenceOptions(min_window_s=self.min_window_s)  # the same range check
+        _check_host(self.host)
 
     @property
     def upload_folder(self) -> Path:
