@@ -381,3 +381,16 @@ def test_a_worker_whose_trial_was_taken_over_stops_training_it():
         assert heartbeat.lost.wait(timeout=30), "the refused heartbeat was not noticed"
         with pytest.raises(TrialTakenOver, match="was failed by another worker"):
             callback.on_step_end(None, TrainerState(), None)
+
+
+def test_workers_of_a_grid_study_share_one_grid_order(tmp_path):
+    """The grid sampler shuffles the grid with its seed; a worker with another seed would read
+    "grid point 0" as other parameters and run one point twice (a restarted worker did)."""
+    from whisper_sv.search import open_study
+
+    cfg = _config(sampler="grid", study_dir=str(tmp_path / "study"), space={"learning_rate": [1e-3, 2e-3, 3e-3]})
+    seen = []
+    for _ in range(3):  # three workers (or restarts), each opening the study and taking one trial
+        trial = open_study(cfg).ask()
+        seen.append(trial.suggest_categorical("learning_rate", [1e-3, 2e-3, 3e-3]))
+    assert sorted(seen) == [1e-3, 2e-3, 3e-3]

@@ -116,7 +116,8 @@ class SearchConfig:
     sampler: str = "tpe"  # tpe, grid (every combination of the space, for ablations) or random
     # The sampler's seed is mixed with the worker's PID and the study's trial count, so a restarted
     # worker, or a second one, never replays the first one's suggestions (two TPE samplers with one
-    # seed suggest the same parameters until their start-up trials are done).
+    # seed suggest the same parameters until their start-up trials are done). The grid sampler
+    # keeps it as it is: it shuffles the grid with it, and every worker must see one order.
     seed: int = 0
     pruner: str = "median"  # median, wilcoxon (paired per-utterance errors) or none
     pruner_args: dict[str, Any] = field(default_factory=dict)  # passed to the Optuna pruner
@@ -296,8 +297,9 @@ def open_study(cfg: SearchConfig, create: bool = True):
         return optuna.load_study(study_name=name, storage=storage, sampler=_sampler(cfg, cfg.seed), pruner=pruner)
     study = optuna.create_study(study_name=name, storage=storage, sampler=_sampler(cfg, cfg.seed), pruner=pruner,
                                 direction="minimize", load_if_exists=True)
-    seed = int.from_bytes(hashlib.sha256(f"{cfg.seed}/{len(study.trials)}/{os.getpid()}".encode()).digest()[:4], "little")
-    study.sampler = _sampler(cfg, seed % 2**31)
+    if cfg.sampler != "grid":  # the grid sampler's seed orders the grid: every worker must share it
+        seed = int.from_bytes(hashlib.sha256(f"{cfg.seed}/{len(study.trials)}/{os.getpid()}".encode()).digest()[:4], "little")
+        study.sampler = _sampler(cfg, seed % 2**31)
     return study
 
 
