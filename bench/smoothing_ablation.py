@@ -154,15 +154,16 @@ def main() -> None:
     )
     with DiskPeak(out) as disk:
         outcome = search(cfg)
-        import optuna  # noqa: F401  (the study is read back for the trials' final models)
-
-        from whisper_sv.search import open_study
+        from whisper_sv.search import open_study  # the trials' final models, from the study
 
         trials = {t.params["smoothing"]: t for t in open_study(cfg).get_trials() if t.state.name == "COMPLETE"}
         scores: dict[str, dict[str, tuple]] = {p: {} for p in PROTOCOLS}
         for kind, trial in trials.items():
             final = trial.user_attrs["final"]
             for protocol in PROTOCOLS:
+                if kind == "none" and protocol == "both":  # the same model on the same plain features
+                    scores[protocol][kind] = scores["train-only"][kind]
+                    continue
                 fc = feature_config(cfg, {"smoothing": kind if protocol == "both" else "none"})
                 store = Path(cfg.study_dir) / "features" / store_key(fc) / "test"
                 if not (store.parent / "test.done").exists():
