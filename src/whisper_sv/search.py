@@ -40,6 +40,7 @@ from typing import Any
 
 from .config import build_config, parse_overrides
 from .feature_store import commit_file
+from .locks import folder_lock
 from .search_config import SearchConfig, feature_config, load_search_config, open_study, store_key, study_paths, trial_train_values
 from .search_report import counts, write_results
 
@@ -54,14 +55,9 @@ HOST = socket.gethostname()
 # Per-trial configuration and shared work
 
 
-
-
-
-
 def ensure_stores(cfg: SearchConfig, study_dir: Path, params: dict[str, Any]) -> dict[str, str]:
     """Build (once, under a lock) the train and eval stores for the trial's feature config."""
     from .features import build_features
-    from .locks import folder_lock
 
     section = cfg.features or {}
     fc = feature_config(cfg, params)
@@ -77,18 +73,6 @@ def ensure_stores(cfg: SearchConfig, study_dir: Path, params: dict[str, Any]) ->
                 commit_file(done, b"")
         stores[role] = str(folder)
     return stores
-
-
-
-
-
-
-
-
-
-
-
-
 
 
 # ---------------------------------------------------------------------------------------------
@@ -201,11 +185,6 @@ def recover(study, cfg: SearchConfig) -> list[int]:
         study.enqueue_trial(t.params, user_attrs=attrs)
         queued.append(t.number)
     return queued
-
-
-def finished(study) -> int:
-    c = counts(study)
-    return c.get("COMPLETE", 0) + c.get("PRUNED", 0)
 
 
 class _Discard(Exception):
