@@ -82,15 +82,15 @@ def paired(errors_a, words_a, errors_b, words_b, draws) -> tuple[float, float, f
     return float(diff), float(np.percentile(samples, 2.5)), float(np.percentile(samples, 97.5))
 
 
-def score(model: str, store: str, out: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Per-utterance (errors, words, ids) of `model` on a feature store, cached in `out`."""
+def score(model: str, store: str, out: Path, max_clips: int | None = None) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Per-utterance (errors, words, ids) of `model` on a feature store (its first `max_clips`), cached in `out`."""
     import csv
 
     from whisper_sv.evaluate import evaluate
     from whisper_sv.metrics import utterance_errors
 
     if not out.with_suffix(".csv").is_file():
-        evaluate(model, store, split="test", out=out)
+        evaluate(model, store, split="test", out=out, max_samples=max_clips)
     with out.with_suffix(".csv").open(encoding="utf-8", newline="") as f:
         rows = list(csv.DictReader(f))
     pairs = utterance_errors([r["reference"] for r in rows], [r["hypothesis"] for r in rows])
@@ -131,6 +131,7 @@ def main() -> None:
     ap.add_argument("--eval-steps", type=int, default=200)
     ap.add_argument("--kinds", default=",".join(KINDS))
     ap.add_argument("--draws", type=int, default=2000)
+    ap.add_argument("--test-clips", type=int, default=None, help="score the first N test clips only (a pilot); default: all")
     ap.add_argument("--out", default="bench/out/ablation")
     ap.add_argument("--figure", default="img/smoothing_ablation.png")
     args = ap.parse_args()
@@ -169,7 +170,7 @@ def main() -> None:
                 if not (store.parent / "test.done").exists():
                     build_features(f"cv:{corpus}", "test", store, fc, workers=2)
                     (store.parent / "test.done").write_text("")
-                scores[protocol][kind] = score(final, str(store), out / f"{kind}-{protocol}.json")
+                scores[protocol][kind] = score(final, str(store), out / f"{kind}-{protocol}.json", args.test_clips)
     ids = {tuple(s[2]) for p in scores.values() for s in p.values()}
     assert len(ids) == 1, "every model must be scored on the same clips in the same order"
     n = len(next(iter(ids)))
@@ -188,7 +189,8 @@ def main() -> None:
     record = {
         "results": results, "wall_minutes": round((time.time() - started) / 60, 1),
         "peak_disk_gb": round(disk.peak / 1e9, 2), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-        "recipe": {"train_clips": args.train_clips, "max_steps": args.max_steps, "preset": "configs/cpu-demo.json"},
+        "recipe": {"train_clips": args.train_clips, "max_steps": args.max_steps, "preset": "configs/cpu-demo.json",
+                   "test_clips": n},
         "study": {k: v for k, v in outcome.items() if k != "plots"},
     }
     (out / "ablation.json").write_text(json.dumps(record, indent=2))
