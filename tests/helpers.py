@@ -19,3 +19,23 @@ def render_test_clip(folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     render_clip(CLIP, folder)
     return folder / clip_name(CLIP.index)
+
+
+def sigkill_after_checkpoint(cmd: list[str], env: dict, checkpoint: Path, timeout_s: float = 300) -> None:
+    """Start `cmd`, SIGKILL it once `checkpoint` is marked complete, and check the kill left a run
+    to resume (no ``final/`` beside the checkpoint yet)."""
+    import signal
+    import subprocess
+    import time
+
+    from whisper_sv.train import COMPLETE_MARKER
+
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + timeout_s
+    while not (checkpoint / COMPLETE_MARKER).exists():
+        assert proc.poll() is None, "the process ended before it could be killed"
+        assert time.time() < deadline, f"no {checkpoint.name} within {timeout_s:.0f} s"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (checkpoint.parent / "final").exists(), "killed too late to test anything"

