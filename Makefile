@@ -13,7 +13,7 @@ DEB_PACKAGES ?= espeak-ng ffmpeg chromium postgresql
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 STAMP := build/.setup-done
 
-.PHONY: setup demo test test-fast bench bench-features bench-inference bench-window bench-threads bench-app bench-search bench-search-cpu bench-ablation app clean
+.PHONY: setup demo test test-fast figures bench bench-features bench-inference bench-window bench-threads bench-app bench-search bench-search-cpu bench-ablation app clean
 
 setup: $(STAMP)
 
@@ -40,6 +40,14 @@ test: setup
 
 test-fast: setup
 	$(PYTHON) -m pytest -q -ra -m "not slow"
+
+# Redraws the img/ figures that the notebooks and the browser test draw; tests write theirs to
+# temporary folders, never into img/. The two feature notebooks run in the repository root
+# (img/log_mels.png, img/log_mels_smoothed.png, img/smoothing.png; they leave corpus/notebook and
+# features/notebook*), and the browser test saves img/app.png.
+figures: setup
+	$(PYTHON) -m jupyter execute --timeout=900 --kernel_name=python3 feature_pipeline.ipynb smoothed_features.ipynb
+	$(PYTHON) -m pytest -q tests/test_app_browser.py --figures-dir img
 
 bench: bench-features bench-inference bench-app
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import socket
 import subprocess
-import time
+import tempfile
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -158,15 +158,15 @@ def test_bad_inputs_get_their_message(client, files, name, message):
     with pytest.raises(AppError) as err:
         transcribe(client, getattr(files, name))
     assert message in str(err.value)
-    assert "/tmp" not in str(err.value)  # no server paths in messages
+    assert tempfile.gettempdir() not in str(err.value)  # no server paths (Gradio's uploads) in messages
 
 
-def test_compressed_bomb_is_refused_quickly(client, files):
+def test_compressed_bomb_is_refused_by_the_duration_cap(client, files):
+    """How fast and in how little memory the cap stops the decode is test_inference's and
+    bench/'s to show; here: the app's limit applies to what the file holds, not its size."""
     assert files.bomb.stat().st_size < MAX_UPLOAD_MB * 1024 * 1024  # passes the size limit ...
-    started = time.perf_counter()
     with pytest.raises(AppError, match=f"longer than the {MAX_SECONDS} s limit"):
         transcribe(client, files.bomb)  # ... and is refused by the duration cap, not decoded
-    assert time.perf_counter() - started < 10
 
 
 def test_oversize_upload_gets_413(server, files):

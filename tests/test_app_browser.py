@@ -1,5 +1,7 @@
 """A real browser on the app (issue #5): Debian's Chromium driven by Playwright loads the page,
-uploads a Swedish clip, sees the transcript and saves a screenshot to img/app.png.
+uploads a Swedish clip, sees the transcript and takes a screenshot: into the test's temporary folder,
+or to FOLDER/app.png with ``--figures-dir FOLDER`` (`make figures` passes img/, issue #12: a test
+run never writes into the repository).
 
 `make setup` installs both (apt: chromium; pip: playwright). Playwright's own browser download
 (`playwright install`) is never used: the test drives /usr/bin/chromium.
@@ -25,16 +27,17 @@ from whisper_sv.metrics import wer_report  # noqa: E402
 
 from helpers import SENTENCE, render_test_clip  # noqa: E402
 
-SCREENSHOT = Path(__file__).resolve().parents[1] / "img" / "app.png"
 # Offline and quiet: no first-run UI, no network services, no QUIC; sandbox off for containers/root.
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 
-def test_browser_uploads_a_clip_and_reads_the_transcript(tmp_path):
+@pytest.mark.slow
+def test_browser_uploads_a_clip_and_reads_the_transcript(tmp_path, figures_dir):
     from whisper_sv.inference import pick_backend
 
     clip = render_test_clip(tmp_path)
+    screenshot = (figures_dir or tmp_path) / "app.png"
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -58,11 +61,11 @@ def test_browser_uploads_a_clip_and_reads_the_transcript(tmp_path):
                 box = page.locator("#transcript textarea")
                 page.wait_for_function("el => el.value.trim().length > 0", arg=box.element_handle(), timeout=120_000)
                 text = box.input_value()
-                SCREENSHOT.parent.mkdir(exist_ok=True)
-                page.screenshot(path=str(SCREENSHOT), full_page=True)
+                screenshot.parent.mkdir(parents=True, exist_ok=True)
+                page.screenshot(path=str(screenshot), full_page=True)
             finally:
                 browser.close()
     finally:
         demo.close()
     assert wer_report([SENTENCE], [text])["cer"] < 0.3, text
-    assert SCREENSHOT.stat().st_size > 10_000
+    assert screenshot.stat().st_size > 10_000

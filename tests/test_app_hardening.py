@@ -178,6 +178,7 @@ def test_uploads_from_an_earlier_run_are_deleted_at_start_up(server):
     assert server.unrelated.read_text() == "keep me"  # only what Gradio makes is deleted
 
 
+@pytest.mark.slow
 def test_uploads_are_deleted_after_use_and_at_shutdown(server, transcriber, tmp_path):
     """With a 1 s lifetime an upload is gone soon after its transcript; at shutdown all are."""
     clip = tmp_path / "tone.wav"
@@ -302,6 +303,7 @@ def test_float_audio_past_full_scale_is_normalised(client, int16_scale_wav):
     assert wer_report([SENTENCE], [text])["cer"] < 0.3, text  # 7cf0c72: "L L L L ..."
 
 
+@pytest.mark.slow
 def test_cli_transcribe_normalises_too(int16_scale_wav, capsys):
     from whisper_sv.cli import main
 
