@@ -76,7 +76,8 @@ def run_child(args: list[str]) -> dict:
 
 
 def run_ours(view: Path, out: Path, workers: int) -> dict:
-    from whisper_sv.features import FeatureConfig, build_features
+    from whisper_sv.feature_config import FeatureConfig
+    from whisper_sv.features import build_features
 
     shutil.rmtree(out, ignore_errors=True)
     summary = build_features(f"cv:{view}", "bench", out, FeatureConfig(), workers=workers, progress=False)

@@ -44,7 +44,8 @@ def main() -> None:
 
     from whisper_sv.demo import DemoConfig
     from whisper_sv.evaluate import evaluate
-    from whisper_sv.features import FeatureConfig, build_features
+    from whisper_sv.feature_config import FeatureConfig
+    from whisper_sv.features import build_features
     from whisper_sv.search import load_search_config, search
     from whisper_sv.synth import SynthConfig, synthesize
 

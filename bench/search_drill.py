@@ -96,7 +96,7 @@ def drill(args, corpus: Path, out: Path) -> dict:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         from whisper_sv.search import open_study
-        from whisper_sv.train import complete_checkpoints
+        from whisper_sv.checkpoints import complete_checkpoints
 
         running = [t for t in open_study(_study_cfg(study)).get_trials()
                    if t.state.name == "RUNNING"]

@@ -28,7 +28,7 @@ def sigkill_after_checkpoint(cmd: list[str], env: dict, checkpoint: Path, timeou
     import subprocess
     import time
 
-    from whisper_sv.train import COMPLETE_MARKER
+    from whisper_sv.checkpoints import COMPLETE_MARKER
 
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + timeout_s

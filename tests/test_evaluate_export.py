@@ -33,7 +33,7 @@ def test_export_transcribes_like_the_source_model(sv_corpus, tmp_path):
     from faster_whisper import WhisperModel
 
     from whisper_sv.audio import N_SAMPLES
-    from whisper_sv.transcribe import generate_texts
+    from whisper_sv.decoding import generate_texts
     from whisper_sv.export import export_ct2
     from whisper_sv.logmel import log_mel, pad_features
     from whisper_sv.models import load_model

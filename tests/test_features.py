@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -19,9 +20,13 @@ import pytest
 import soundfile as sf
 
 from whisper_sv.audio import N_FRAMES, SAMPLE_RATE, load_audio
-from whisper_sv.features import ConfigMismatch, FeatureConfig, FeatureStore, build_features
+from whisper_sv.evaluate import iter_inputs
+from whisper_sv.feature_config import FeatureConfig
+from whisper_sv.feature_store import FeatureStore
+from whisper_sv.features import ConfigMismatch, build_features
 from whisper_sv.logmel import Smoothing, collate_features, log_mel, pad_features, smooth_image, smooth_log_mel
 from whisper_sv.models import PACKAGED_BASE
+from whisper_sv.shard_format import COLUMNS, ShardRow, read_shard, shard_bytes
 from whisper_sv.sources import CV_HEADER
 
 LENGTHS_S = (0.1, 0.5, 1.0, 3.3, 10.0, 29.99, 30.0)
@@ -76,7 +81,7 @@ def test_store_reproduces_the_feature_extractor_to_fp16_rounding(tmp_path, sv_co
     batch = collate_features(rows).numpy()
     assert batch.shape == (6, 80, N_FRAMES) and batch.dtype == np.float32
     for row, features in zip(rows, batch):
-        audio = load_audio(sv_corpus / "clips" / row["path"])
+        audio = load_audio(sv_corpus / "clips" / row["clip_id"])
         expected = feature_extractor(audio, sampling_rate=SAMPLE_RATE, return_tensors="np").input_features[0]
         assert np.abs(features - expected).max() <= FP16_TOL
         assert row["duration"] == pytest.approx(len(audio) / SAMPLE_RATE, abs=1e-6)
@@ -105,6 +110,64 @@ def test_bad_smoothing_settings_say_what_to_do():
         Smoothing("gaussian", ksize=4)
     with pytest.raises(ValueError, match="pick one of"):
         FeatureConfig(smoothing="box")
+
+
+# ---------------------------------------------------------------------------------------------
+# The shard row and its formats.
+
+
+def test_a_shard_holds_typed_rows_and_reads_them_back(tmp_path):
+    rng = np.random.default_rng(0)
+    rows = [
+        ShardRow(f"clip{i}.mp3", f"Mening {i}.", 0.5 + i, rng.standard_normal((80, 3 + i)).astype(np.float16), 3 + i, -0.5 - i,
+                 [50258, 100 + i, 50257])
+        for i in range(3)
+    ]
+    (tmp_path / "new.parquet").write_bytes(shard_bytes(rows, 80))
+    table = read_shard(tmp_path / "new.parquet")
+    assert tuple(table.column_names) == COLUMNS == tuple(f.name for f in dataclasses.fields(ShardRow))
+    for row, back in zip(rows, (ShardRow.from_record(r) for r in table.to_pylist())):
+        assert np.array_equal(back.input_features, row.input_features)
+        assert dataclasses.replace(back, input_features=None) == dataclasses.replace(row, input_features=None)
+    # Format 1 named the clip id column `path`; it reads back under today's name.
+    (tmp_path / "old.parquet").write_bytes(shard_bytes(rows, 80, format_version=1))
+    assert pq.read_schema(tmp_path / "old.parquet").names == ["path", *COLUMNS[1:]]
+    assert read_shard(tmp_path / "old.parquet", columns=["clip_id"]).column("clip_id").to_pylist() == [r.clip_id for r in rows]
+    with pytest.raises(ValueError, match=r"expected \(80, 4\)"):  # features that do not match n_frames
+        shard_bytes([dataclasses.replace(rows[0], n_frames=4)], 80)
+
+
+def test_a_store_written_before_the_clip_id_column_still_reads_and_resumes_in_its_format(tmp_path, sv_corpus):
+    """Stores written before issue #12 (format 1) name the clip id column `path`. They still read,
+    the column as `clip_id`, and a run that finishes one writes its missing shards as format 1 too,
+    so no store mixes the two names."""
+    out = tmp_path / "store"
+    build_features(f"cv:{sv_corpus}", "test", out, FeatureConfig(model=PACKAGED_BASE, shard_size=2), workers=1, progress=False)
+    ids = [r["clip_id"] for r in FeatureStore(out).dataset()]
+    # What an older whisper-sv left: format 1 in the config, `path` in the shards, written by
+    # pyarrow here rather than by shard_bytes; and its last shard not yet committed.
+    config = json.loads((out / "feature_config.json").read_text())
+    (out / "feature_config.json").write_text(json.dumps({**config, "format_version": 1}, indent=2, sort_keys=True) + "\n")
+    lines = []
+    for line in (out / "manifest.jsonl").read_text().splitlines():
+        entry, shard = json.loads(line), out / json.loads(line)["shard"]
+        table = pq.read_table(shard)
+        pq.write_table(table.rename_columns(["path" if n == "clip_id" else n for n in table.column_names]), shard,
+                       compression="zstd", row_group_size=64)
+        lines.append({**entry, "sha256": hashlib.sha256(shard.read_bytes()).hexdigest()})
+    (out / lines[-1]["shard"]).unlink()
+    (out / "manifest.jsonl").write_text("".join(json.dumps(e, sort_keys=True) + "\n" for e in lines[:-1]))
+    kept = len(ids) - lines[-1]["rows"]
+
+    store = FeatureStore(out)
+    assert store.config.format_version == 1 and kept > 0
+    assert [r["clip_id"] for r in store.dataset()] == [r.clip_id for r in store.rows()] == ids[:kept]
+    assert [clip_id for clip_id, *_ in iter_inputs(str(out), "test", 80, [])] == ids[:kept]  # evaluation reads it
+
+    again = build_features(f"cv:{sv_corpus}", "test", out, FeatureConfig(model=PACKAGED_BASE, shard_size=2), workers=1, progress=False)
+    assert again["shards_written"] == 1 and FeatureStore(out).config.format_version == 1
+    assert all(pq.read_schema(f).names[0] == "path" for f in FeatureStore(out).files)
+    assert [r["clip_id"] for r in FeatureStore(out).dataset()] == ids
 
 
 # ---------------------------------------------------------------------------------------------
@@ -138,6 +201,7 @@ def _manifest_lines(out: Path) -> int:
     return path.read_bytes().count(b"\n") if path.exists() else 0
 
 
+@pytest.mark.slow
 def test_kill_9_at_three_random_points_then_resume_equals_an_uninterrupted_run(tmp_path, sv_corpus):
     source = _corpus_copies(tmp_path, sv_corpus, copies=4)  # 240 clips -> 24 shards of 10
     n_shards = 24
@@ -166,7 +230,7 @@ def test_kill_9_at_three_random_points_then_resume_equals_an_uninterrupted_run(t
     for m in manifest:
         assert hashlib.sha256((killed / m["shard"]).read_bytes()).hexdigest() == m["sha256"]
         assert (killed / m["shard"]).read_bytes() == (reference / m["shard"]).read_bytes()
-    ids = [i for m in manifest for i in pq.read_table(killed / m["shard"], columns=["path"]).column("path").to_pylist()]
+    ids = [i for m in manifest for i in read_shard(killed / m["shard"], columns=["clip_id"]).column("clip_id").to_pylist()]
     ids += [line.split("\t")[0] for line in (killed / "rejects.tsv").read_text().splitlines()[1:]]
     expected = [line.split("\t")[1] for line in (source / "validated.tsv").read_text().splitlines()[1:]]
     assert sorted(ids) == sorted(expected) and len(set(ids)) == len(ids)
@@ -219,9 +283,10 @@ def test_each_kind_of_bad_clip_lands_in_rejects_with_its_reason(tmp_path, sv_cor
     table = [line.split("\t") for line in (out / "rejects.tsv").read_text(encoding="utf-8").splitlines()]
     assert table[0] == ["id", "reason", "detail"]
     assert {r[0]: r[1] for r in table[1:]} == {name: reason for name, (_, reason) in bad.items()}
-    assert [r["path"] for r in FeatureStore(out).dataset()] == [good[2].name]
+    assert [r["clip_id"] for r in FeatureStore(out).dataset()] == [good[2].name]
 
 
+@pytest.mark.slow
 def test_hub_source_with_smoothing_through_the_worker_pool(tmp_path, sv_corpus, feature_extractor):
     import datasets
 

@@ -1,4 +1,5 @@
-"""The packaged Whisper base: CT2 reader, joining/checksums, and the CT2 -> transformers conversion.
+"""The packaged Whisper base: CT2 reader (ct2_format), weight mapping (ct2_state_dict), joining and
+checksums (packaged), and the CT2 -> transformers conversion (ct2_to_transformers).
 
 The fidelity test is the one that matters: greedy transcripts of the converted transformers model
 must match faster-whisper's on the untouched CTranslate2 folder, word for word, on >= 90% of
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import math
 import shutil
 import struct
@@ -21,6 +23,9 @@ import pytest
 
 from whisper_sv import packaged
 from whisper_sv.ct2_format import read_ct2_model
+from whisper_sv.ct2_state_dict import ct2_to_hf_state_dict, ct2_whisper_dims
+from whisper_sv.ct2_to_transformers import convert_ct2_to_transformers
+from whisper_sv.fileio import sha256_file
 from whisper_sv.packaged import PART_PACKAGES, join_parts, packaged_ct2_dir, packaged_transformers_dir
 
 HAVE_PARTS = all(importlib.util.find_spec(m) is not None for m in packaged.PART_MODULES)
@@ -107,8 +112,6 @@ def test_state_dict_mapping_inverts_ctranslate2s_own_converter(tmp_path):
     from ctranslate2.converters.transformers import WhisperLoader
     from transformers import WhisperConfig, WhisperForConditionalGeneration
 
-    from whisper_sv.packaged import ct2_to_hf_state_dict, ct2_whisper_dims
-
     torch.manual_seed(0)
     dims = dict(
         vocab_size=64, d_model=32, num_mel_bins=8, encoder_layers=2, decoder_layers=2,
@@ -183,7 +186,7 @@ def test_ct2_dir_is_built_once_and_repaired(tmp_path, monkeypatch):
     with open(ct2 / "model.bin", "r+b") as f:  # corrupt the cached copy: it gets rebuilt
         f.seek(1000)
         f.write(b"\xff\xff\xff\xff")
-    assert packaged._sha256_file(packaged_ct2_dir() / "model.bin") == packaged.MODEL_SHA256
+    assert sha256_file(packaged_ct2_dir() / "model.bin") == packaged.MODEL_SHA256
 
 
 # ---------------------------------------------------------------------------------------------
@@ -225,8 +228,9 @@ def test_converted_folder_is_complete_and_cached(packaged_dirs):
     assert ids[:4] == [50258, 50273, 50359, 50363]
     assert tok.decode(ids, skip_special_tokens=True) == "Hej på dig"
 
-    record = (hf_dir / "conversion.json").read_text()
-    assert packaged.MODEL_SHA256 in record
+    record = json.loads((hf_dir / "conversion.json").read_text())
+    assert record["source_sha256"] == packaged.MODEL_SHA256
+    assert set(record["source_packages"]) == set(PART_PACKAGES)  # provenance passed by packaged
 
 
 def _sentences(n: int) -> list[str]:
@@ -321,5 +325,5 @@ def test_a_failed_conversion_leaves_no_folder(packaged_dirs, tmp_path, monkeypat
 
     monkeypatch.setattr(WhisperProcessor, "save_pretrained", boom)
     with pytest.raises(OSError, match="disk full"):
-        packaged.convert_ct2_to_transformers(packaged_dirs[0], tmp_path / "hf")
+        convert_ct2_to_transformers(packaged_dirs[0], tmp_path / "hf")
     assert list(tmp_path.iterdir()) == []  # neither hf/ nor the temporary folder

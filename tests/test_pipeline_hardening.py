@@ -16,13 +16,14 @@ import sys
 import time
 from pathlib import Path
 
-import pyarrow.parquet as pq
 import pytest
 
 from whisper_sv.cli import main
-from whisper_sv.features import FeatureConfig, FeatureStore, build_features
+from whisper_sv.feature_config import FeatureConfig
+from whisper_sv.feature_store import FeatureStore
+from whisper_sv.features import build_features
 from whisper_sv.models import PACKAGED_BASE
-from whisper_sv.sources import CV_HEADER
+from whisper_sv.shard_format import read_shard
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = FeatureConfig(model=PACKAGED_BASE, shard_size=4)
@@ -41,7 +42,7 @@ def _exit_code(argv: list[str]) -> int:
 
 
 def _stored_ids(out: Path) -> list[str]:
-    return [i for f in FeatureStore(out).files for i in pq.read_table(f, columns=["path"]).column("path").to_pylist()]
+    return [i for f in FeatureStore(out).files for i in read_shard(f, columns=["clip_id"]).column("clip_id").to_pylist()]
 
 
 def _rejects(out: Path) -> list[list[str]]:
@@ -59,6 +60,7 @@ def _cv_copy(tmp_path: Path, sv_corpus: Path, split: str = "test") -> Path:
 # 8. One writer per store, one layout per folder.
 
 
+@pytest.mark.slow
 def test_a_second_writer_is_refused_while_the_first_runs(tmp_path, sv_corpus):
     out, gate = tmp_path / "store", tmp_path / "go"
     args = ["features", "--source", f"cv:{sv_corpus}", "--split", "validated", "--out", str(out),
@@ -100,6 +102,7 @@ def test_the_lock_of_a_dead_writer_is_taken_over(tmp_path, sv_corpus):
     assert summary["clips_written"] == 6
 
 
+@pytest.mark.slow
 def test_sharded_and_plain_runs_are_never_mixed(tmp_path, sv_corpus):
     source = f"cv:{sv_corpus}"
     sharded, plain = tmp_path / "sharded", tmp_path / "plain"
@@ -120,7 +123,7 @@ def test_sharded_and_plain_runs_are_never_mixed(tmp_path, sv_corpus):
     shutil.copy(sharded / "manifest-0-of-2.jsonl", plain / "manifest-0-of-2.jsonl")
     with (plain / "manifest.jsonl").open("a") as f:
         f.write((plain / "manifest.jsonl").read_text().splitlines()[0] + "\n")
-    ids = [row["path"] for row in FeatureStore(plain).dataset()]
+    ids = [row["clip_id"] for row in FeatureStore(plain).dataset()]
     assert len(ids) == len(set(ids)) == 48
     line = json.loads((plain / "manifest.jsonl").read_text().splitlines()[0])
     (plain / "manifest-1-of-2.jsonl").write_text(json.dumps({**line, "sha256": "0" * 64}) + "\n")
@@ -129,14 +132,14 @@ def test_sharded_and_plain_runs_are_never_mixed(tmp_path, sv_corpus):
 
 
 def test_a_run_leaves_the_temp_files_of_live_writers_alone(tmp_path):
-    from whisper_sv.feature_store import remove_temp_files
+    from whisper_sv.fileio import remove_dead_temp_files
 
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     live = tmp_path / f".train-00001.parquet.{os.getpid()}.tmp"  # another --shard-index's shard, mid-write
     litter = tmp_path / f".train-00000.parquet.{int(dead.stdout)}.tmp"  # a killed run's
     live.write_bytes(b"x")
     litter.write_bytes(b"x")
-    remove_temp_files(tmp_path)
+    remove_dead_temp_files(tmp_path)
     assert live.exists() and not litter.exists()
 
 
@@ -221,6 +224,7 @@ def _running(pid: int) -> bool:
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the process tree from /proc")
+@pytest.mark.slow
 def test_kill_9_of_the_parent_takes_its_workers_with_it(tmp_path, sv_corpus):
     out = tmp_path / "store"
     proc = subprocess.Popen(_cli("features", "--source", f"cv:{sv_corpus}", "--split", "validated", "--out", str(out),

@@ -336,7 +336,7 @@ def test_the_wilcoxon_pruner_gets_each_eval_utterance_paired_by_step_and_clip(tm
     from transformers import TrainerState
 
     from whisper_sv.search import _reporter
-    from whisper_sv.train import write_eval_utterances
+    from whisper_sv.run_report import write_eval_utterances
 
     cfg = _config(pruner="wilcoxon")
     trial = optuna.create_study(pruner=optuna.pruners.WilcoxonPruner()).ask()

@@ -11,7 +11,8 @@ import pytest
 
 from helpers import sigkill_after_checkpoint
 from whisper_sv.config import TRAINING_DEFAULTS, build_config, load_config, parse_overrides
-from whisper_sv.train import COMPLETE_MARKER, SpeechCollator, complete_checkpoints, set_aside_incomplete
+from whisper_sv.checkpoints import COMPLETE_MARKER, complete_checkpoints, mark_complete, resume_checkpoint, set_aside_incomplete
+from whisper_sv.collator import SpeechCollator, with_cached_encoder
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -139,8 +140,22 @@ def test_set_aside_incomplete_keeps_finished_ones(tmp_path):
     assert complete_checkpoints(tmp_path) == [done]
 
 
+def test_resume_checkpoint_is_the_last_marked_one(tmp_path):
+    assert resume_checkpoint(tmp_path) is None
+    for step in (2, 10):
+        ckpt = tmp_path / f"checkpoint-{step}"
+        ckpt.mkdir()
+        (ckpt / "model.safetensors").write_bytes(b"12345")
+        mark_complete(ckpt)
+    (tmp_path / "checkpoint-12").mkdir()  # died inside: set aside, not resumed from
+    # By step, not by name: checkpoint-10 sorts before checkpoint-2 as text.
+    assert resume_checkpoint(tmp_path) == str(tmp_path / "checkpoint-10")
+    assert [p.name.rsplit("-", 1)[0] for p in tmp_path.glob("incomplete-*")] == ["incomplete-checkpoint-12"]
+
+
 def test_train_evaluates_writes_final_card_curves_and_refuses_foreign_features(sv_corpus, sv_stores, tmp_path):
-    from whisper_sv.features import FeatureConfig, build_features
+    from whisper_sv.feature_config import FeatureConfig
+    from whisper_sv.features import build_features
     from whisper_sv.train import train
 
     cfg = load_config(ROOT / "configs" / "tiny.json", {
@@ -175,8 +190,7 @@ def test_encoder_cache_gives_the_same_loss_as_the_features(sv_stores, tmp_path, 
     import torch
 
     from whisper_sv.encoder_cache import build_encoder_cache, freeze_cross_attention_kv, readahead_for
-    from whisper_sv.train import with_cached_encoder
-    from whisper_sv.features import FeatureStore
+    from whisper_sv.feature_store import FeatureStore
     from whisper_sv.models import load_model
 
     model, _ = load_model("random:tiny")
@@ -213,7 +227,7 @@ def test_encoder_cache_needs_a_frozen_encoder():
 _RSS_AFTER_FREE = """
 import os, sys
 import numpy as np
-from whisper_sv.train import keep_freed_memory
+from whisper_sv.collator import keep_freed_memory
 if sys.argv[1] == "keep":
     assert keep_freed_memory()
 block = np.ones(200_000_000 // 8)  # 200 MB, every page touched

@@ -43,7 +43,8 @@ cells = [
     nbf.v4.new_code_cell(
         "# 2. Features (resumable; re-running skips finished shards).\n"
         "from whisper_sv.config import load_config\n"
-        "from whisper_sv.features import FeatureConfig, build_features\n"
+        "from whisper_sv.feature_config import FeatureConfig\n"
+        "from whisper_sv.features import build_features\n"
         "cfg = load_config(PRESET, {**OVERRIDES, \"train_data\": f\"{FEATURES}/train\", \"eval_data\": f\"{FEATURES}/dev\", \"output_dir\": OUTPUT_DIR})\n"
         "feature_config = FeatureConfig(model=cfg.model)\n"
         "for split in (\"train\", \"dev\"):\n"

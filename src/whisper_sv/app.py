@@ -43,12 +43,12 @@ from .continuation import (
     MAX_NEW_TOKENS,
     MAX_TEXT_CHARS,
     NOTHING_TO_CONTINUE,
-    SUGGESTED_LM,
     Continuer,
     GenerationSettings,
     check_text,
 )
-from .inference import BACKENDS, WINDOW_HELP, NO_SPEECH, InferenceOptions, Transcriber, default_model_spec, pick_backend
+from .inference import BACKENDS, NO_SPEECH, InferenceOptions, Transcriber, pick_backend
+from .options import add_options, build, options_from
 
 log = logging.getLogger(__name__)
 
@@ -78,16 +78,16 @@ def _check_host(host: str) -> None:
 class AppConfig:
     """Everything `launch` needs; the CLI flags map one to one."""
 
-    model: str | None = None  # None: runs/cpu-demo/ct2 if exported, else packaged:whisper-base
-    lm: str | None = None  # a causal LM id or folder; None: the page says how to add one
-    backend: str = "auto"
-    min_window_s: float = InferenceOptions.min_window_s  # CTranslate2 encoder window floor; 30 = Whisper's
-    host: str = "127.0.0.1"  # loopback unless asked: exposing the app is a decision
-    port: int = 7860
+    model: str | None = None  # speech model spec; null: runs/cpu-demo/ct2 if exported, else packaged:whisper-base
+    lm: str | None = None  # causal LM id or folder for the continuation, e.g. AI-Sweden-Models/gpt-sw3-126m; null: none
+    backend: str = "auto"  # auto, faster-whisper or transformers
+    min_window_s: float = InferenceOptions.min_window_s  # shortest CTranslate2 encoder window, s; 30 = Whisper's own (slower on short clips)
+    host: str = "127.0.0.1"  # interface to listen on; loopback unless asked (0.0.0.0 exposes the app)
+    port: int = 7860  # TCP port
     max_upload_mb: float = 25.0  # bigger uploads get HTTP 413
     max_files_per_upload: int = 1  # the page sends one file per upload; more get HTTP 413
-    # None: <temp>/whisper-sv-uploads. Set as GRADIO_TEMP_DIR, which Gradio reads at every check:
-    # one folder per process, and apps started in one process must share it.
+    # Folder for uploads, emptied at start-up; null: <temp>/whisper-sv-uploads. Set as
+    # GRADIO_TEMP_DIR, which Gradio reads at every check: one folder per process, shared by its apps.
     upload_dir: str | None = None
     upload_ttl_s: float = 600.0  # uploads are deleted this long after they arrive
     max_upload_store_mb: float = 1024.0  # new uploads get HTTP 503 while the folder holds this much
@@ -382,29 +382,13 @@ def launch(demo, cfg: AppConfig, block: bool = True):
 
 def add_cli(sub) -> None:
     """Register ``whisper-sv app``."""
-    d = AppConfig()
     p = sub.add_parser("app", help="Gradio app: transcribe Swedish speech and continue it with a language model")
-    p.add_argument("--model", default=None, help=f"speech model spec (default: {default_model_spec()})")
-    p.add_argument("--lm", default=None, help=f"causal LM id or folder for the continuation, e.g. {SUGGESTED_LM}")
-    p.add_argument("--backend", choices=BACKENDS, default=d.backend, help="inference backend (default: %(default)s)")
-    p.add_argument("--min-window", type=float, default=d.min_window_s, metavar="SECONDS", help=WINDOW_HELP)
-    p.add_argument("--host", default=d.host, help="interface to listen on (default: %(default)s; 0.0.0.0 exposes it)")
-    p.add_argument("--port", type=int, default=d.port, help="port (default: %(default)s)")
-    p.add_argument("--max-upload-mb", type=float, default=d.max_upload_mb, help="upload size limit, HTTP 413 above (default: %(default)s)")
-    p.add_argument("--upload-dir", default=None, help="folder for uploads, emptied at start-up (default: <temp>/whisper-sv-uploads)")
-    p.add_argument("--upload-ttl", type=float, default=d.upload_ttl_s, metavar="SECONDS",
-                   help="uploads are deleted this long after they arrive (default: %(default)g)")
-    p.add_argument("--max-seconds", type=float, default=d.max_seconds, help="longest audio accepted, in seconds (default: %(default)s)")
-    p.add_argument("--concurrency", type=int, default=d.concurrency, help="requests each model runs at once (default: %(default)s)")
-    p.add_argument("--queue-size", type=int, default=d.queue_size, help="most requests waiting (default: %(default)s)")
+    # --min-window and --upload-ttl: the flags' names before they were made from the fields.
+    add_options(p, AppConfig, aliases={"min_window_s": "--min-window", "upload_ttl_s": "--upload-ttl"})
     p.set_defaults(func=_run_cli)
 
 
 def _run_cli(args: argparse.Namespace) -> int:
-    cfg = AppConfig(model=args.model, lm=args.lm, backend=args.backend, min_window_s=args.min_window,
-                    host=args.host, port=args.port,
-                    max_upload_mb=args.max_upload_mb, max_seconds=args.max_seconds,
-                    upload_dir=args.upload_dir, upload_ttl_s=args.upload_ttl,
-                    concurrency=args.concurrency, queue_size=args.queue_size)
+    cfg = build(AppConfig, options_from(args, AppConfig))
     launch(build_demo(cfg), cfg, block=True)
     return 0

@@ -2,7 +2,7 @@
 
 Each stage module registers its own subcommand with ``add_cli(subparsers)`` beside the function it
 wraps (openai/whisper keeps its CLI next to ``transcribe`` the same way); this file only collects
-them. Subcommands that are not built yet are listed with the issue that adds them.
+them.
 
 A user error (`whisper_sv.errors`: a bad source, model path, value type or key) is one line on
 stderr, ``whisper-sv CMD: error: ...``, and exit code 2, like argparse's own; ``-v/--verbose``
@@ -12,6 +12,7 @@ shows its traceback. Any other exception is a bug and keeps its traceback.
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib
 import logging
 import sys
@@ -26,20 +27,20 @@ STAGES = (
     ("evaluate", "whisper_sv.evaluate"),
     ("export", "whisper_sv.export"),
     ("search", "whisper_sv.search"),
-    ("transcribe", "whisper_sv.transcribe"),
+    ("transcribe", "whisper_sv.inference"),
     ("app", "whisper_sv.app"),
 )
-# What each planned subcommand will do, and where its work is tracked, until its module exists.
-# Every stage of the design is built; a new stage is listed here (name -> (what, issue)) until it is.
-PLANNED: dict[str, tuple[str, str]] = {}
-
-
 # Path errors are the user's wherever they are raised (a preset, a folder, a clip that is not there).
 PATH_ERRORS = (FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError, PermissionError)
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse with one-line errors: the usage block is what ``--help`` is for."""
+    """argparse with one-line errors (the usage block is what ``--help`` is for) and no abbreviated
+    flags: ``--freeze`` must not quietly mean ``--freeze-encoder`` when a preset key is meant."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
@@ -53,36 +54,24 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages; show the traceback of an error")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, module_name in STAGES:
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as err:
-            if err.name != module_name:
-                raise  # a real missing dependency, not a stage still to be built
-            what, where = PLANNED[name]
-            stub = sub.add_parser(name, help=f"{what} [not built yet: {where}]")
-            stub.add_argument("args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
-            stub.set_defaults(func=_not_built(name, where))
-            continue
-        module.add_cli(sub)
+        importlib.import_module(module_name).add_cli(sub)
         # Also after the subcommand (`whisper-sv features ... -v`); SUPPRESS keeps the main flag's value.
         sub.choices[name].add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return parser
 
 
-def _not_built(name: str, where: str):
-    def run(args: argparse.Namespace) -> int:
-        print(f"whisper-sv {name} is not built yet; {where} adds it.", file=sys.stderr)
-        return 2
-
-    return run
-
-
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    overrides = getattr(args, "overrides", None)  # `train CONFIG --key value ... -v`: the flag is not a key
-    if isinstance(overrides, list) and {"-v", "--verbose"} & set(overrides):
-        args.overrides = [o for o in overrides if o not in ("-v", "--verbose")]
-        args.verbose = True
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # `train` and `search` also take any Seq2SeqTrainingArguments key (--max_steps 10): too many
+    # to declare as flags, so they arrive as `extra` and the config names the closest key of a typo.
+    if extra and not getattr(args, "takes_training_keys", False):
+        command = parser._subparsers._group_actions[0].choices[args.command]  # noqa: SLF001 (argparse keeps it there)
+        flags = [f for action in command._actions for f in action.option_strings if action.help != argparse.SUPPRESS]
+        unknown = next((e for e in extra if e.startswith("-")), extra[0])
+        close = difflib.get_close_matches(unknown.split("=")[0], flags, n=1)
+        command.error(f"unrecognized argument {unknown!r}" + (f" (did you mean {close[0]}?)" if close else ""))
+    args.extra_keys = extra
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         return int(args.func(args) or 0)

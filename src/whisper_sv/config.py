@@ -52,7 +52,7 @@ TRAINING_DEFAULTS: dict[str, Any] = {
 class TrainConfig:
     """The toolkit's own keys; `training` holds the Seq2SeqTrainingArguments keys."""
 
-    output_dir: str
+    output_dir: str  # the run folder: checkpoints, final/, metrics.json, curves, the resolved config
     train_data: str  # feature store folder (whisper-sv features --out)
     eval_data: str | None = None  # feature store folder; no evaluation when None
     model: str = DEFAULT_MODEL  # Hub id, folder, packaged:whisper-base or random:tiny

@@ -1,7 +1,7 @@
 """Read CTranslate2's ``model.bin`` without CTranslate2: names, shapes, dtypes and raw weights.
 
-Used by `whisper_sv.packaged` to convert the packaged Whisper base; general enough for any
-CTranslate2 model of binary version 4 to 6.
+Used by `whisper_sv.ct2_to_transformers` to convert the packaged Whisper base; general enough
+for any CTranslate2 model of binary version 4 to 6.
 """
 
 from __future__ import annotations
@@ -143,7 +143,3 @@ def read_ct2_model(source: Path | BinaryIO, float32: bool = False) -> Ct2Model:
         raise ValueError(f"{path}: {len(buf) - r.pos} unexpected bytes after the aliases")
     return Ct2Model(version, spec_name, spec_revision, variables, aliases)
 
-
-def read_ct2_variables(source: Path | BinaryIO, float32: bool = True) -> dict[str, np.ndarray]:
-    """Variable name -> array for a CTranslate2 ``model.bin`` (aliases resolved, float32 by default)."""
-    return read_ct2_model(source, float32=float32).variables

@@ -17,13 +17,16 @@ import argparse
 import csv
 import json
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 from .config import load_config
 from .evaluate import evaluate
 from .export import export_ct2
-from .features import FeatureConfig, build_features
+from .feature_config import FeatureConfig
+from .features import build_features
+from .fileio import write_json
+from .options import add_options, build, options_from
 from .synth import SynthConfig, synthesize
 from .train import train
 
@@ -35,10 +38,10 @@ class DemoConfig:
     corpus: str = "corpus/sv-synth"  # where the synthetic corpus goes
     features: str = "features/sv-synth"  # feature stores, one folder per split
     clips: int = SynthConfig.clips  # corpus size
-    seed: int = 0
+    seed: int = 0  # corpus seed: the same seed gives the same clips, byte for byte
     preset: str = str(CONFIGS / "cpu-demo.json")  # the training recipe
     eval_clips: int = 100  # test clips scored before and after
-    workers: int = 2
+    workers: int = 2  # processes for the corpus and the features
 
 
 def run_demo(cfg: DemoConfig = DemoConfig()) -> dict:
@@ -93,7 +96,7 @@ def run_demo(cfg: DemoConfig = DemoConfig()) -> dict:
     )
     print("wall time per stage (s): " + ", ".join(f"{k} {v}" for k, v in seconds.items()))
     summary = {"before": _brief(before), "after": _brief(after), "seconds": seconds}
-    (run_dir / "demo.json").write_text(json.dumps(summary, indent=2))
+    write_json(run_dir / "demo.json", summary)
     return summary
 
 
@@ -118,9 +121,8 @@ def _show_examples(before_csv: Path, after_csv: Path, n: int) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    for f in fields(DemoConfig):
-        p.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default)
-    run_demo(DemoConfig(**vars(p.parse_args(argv))))
+    add_options(p, DemoConfig)
+    run_demo(build(DemoConfig, options_from(p.parse_args(argv), DemoConfig)))
 
 
 if __name__ == "__main__":

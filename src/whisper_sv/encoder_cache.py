@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from .feature_store import commit_file
+from .fileio import write_json
 from .logmel import collate_features
 
 KINDS = ("states", "cross_kv")
@@ -64,7 +64,7 @@ def freeze_cross_attention_kv(model) -> None:
 
 def _encode(model, rows: list[dict], kind: str) -> np.ndarray:
     """Cache rows for a batch: (B, *cache_shape[1:]) float16."""
-    import torch
+    import torch  # deferred (seconds): `config` imports this module for KINDS, and the CLI imports config
 
     with torch.no_grad():
         states = model.get_encoder()(collate_features(rows).to(model.device, model.dtype)).last_hidden_state
@@ -147,7 +147,7 @@ def readahead_for(cache: np.memmap) -> Readahead:
 
 def cached_inputs(cache: np.ndarray, rows: list[int], kind: str, device: Any = None) -> dict[str, Any]:
     """Model inputs for a batch of cache rows, in place of ``input_features`` (on `device`)."""
-    import torch
+    import torch  # deferred, as in _encode
 
     # One pass per row, float16 straight into the float32 batch: np.stack + astype made two extra
     # copies (a cross_kv batch of 16 is ~290 MB of float16): ~0.55 -> ~0.10 s a batch on 2 cores,
@@ -163,7 +163,7 @@ def cached_inputs(cache: np.ndarray, rows: list[int], kind: str, device: Any = N
     if kind == "states":
         # A tuple, as the model takes it: a bare tensor would be indexed as [0] = the first clip.
         return {"encoder_outputs": (block,)}
-    from transformers.cache_utils import DynamicCache, EncoderDecoderCache
+    from transformers.cache_utils import DynamicCache, EncoderDecoderCache  # deferred, as torch; cross_kv only
 
     cross = DynamicCache()
     for layer in range(block.shape[1]):
@@ -186,4 +186,4 @@ def _read_meta(path: Path) -> dict:
 
 
 def _write_meta(path: Path, meta: dict) -> None:
-    commit_file(path, json.dumps(meta).encode())
+    write_json(path, meta, indent=None)

@@ -19,19 +19,20 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .audio import CHUNK_LENGTH
+from .decoding import generate_texts, token_budget
 from .errors import UserError
-from .feature_store import commit_file
+from .feature_store import CONFIG_NAME, FeatureStore
+from .fileio import write_atomic, write_json
 from .logmel import log_mel, pad_features
 from .metrics import normalize_sv, wer_report
 from .models import DEFAULT_MODEL, load_model
 from .sources import iter_clips, open_source
-from .transcribe import generate_texts, token_budget
 
 BATCH_SIZE = 16
 
 
 def _is_feature_store(data: str) -> bool:
-    return (Path(data) / "feature_config.json").is_file()
+    return (Path(data) / CONFIG_NAME).is_file()
 
 
 def check_data(data: str, split: str) -> None:
@@ -52,11 +53,11 @@ def iter_inputs(data: str, split: str, n_mels: int, skipped: list[dict]) -> Iter
     Clips that cannot be scored (unreadable, over 30 s) are appended to `skipped` with the reason.
     """
     if _is_feature_store(data):
-        from .features import FeatureStore
-
-        for row in FeatureStore(data).dataset():
-            compact = np.asarray(row["input_features"], dtype=np.float32).reshape(n_mels, -1)
-            yield row["path"], row["sentence"], pad_features(compact, row["n_frames"], row["pad_value"]), row["n_frames"]
+        for row in FeatureStore(data).rows():
+            compact = row.input_features.astype(np.float32)
+            if compact.shape[0] != n_mels:
+                raise UserError(f"{data} holds {compact.shape[0]}-mel features; the model takes {n_mels}: evaluate it on a source spec")
+            yield row.clip_id, row.sentence, pad_features(compact, row.n_frames, row.pad_value), row.n_frames
         return
     for clip in iter_clips(data, split, max_seconds=CHUNK_LENGTH):
         if clip.error is not None:
@@ -82,7 +83,7 @@ def evaluate(
     ``split``, ``seconds``. Beside ``out`` (``report.json``) goes ``report.csv`` with
     id, reference, hypothesis and their normalised forms, one row per utterance.
     """
-    import torch
+    import torch  # seconds to import: the CLI's --help and check_data do not need it
 
     check_data(data, split)  # before the model loads: a typo in --data fails in a second, not a minute
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -126,13 +127,13 @@ def evaluate(
 def write_report(report: dict, rows: list[dict], out: Path) -> None:
     """``out`` (JSON) and ``out`` with .csv (per utterance), each written atomically."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    commit_file(out, json.dumps(report, indent=2, ensure_ascii=False).encode())
+    write_json(out, report, ensure_ascii=False)
     table = io.StringIO(newline="")
     w = csv.DictWriter(table, ["id", "reference", "hypothesis", "reference_norm", "hypothesis_norm"])
     w.writeheader()
     for r in rows:
         w.writerow({**r, "reference_norm": normalize_sv(r["reference"]), "hypothesis_norm": normalize_sv(r["hypothesis"])})
-    commit_file(out.with_suffix(".csv"), table.getvalue().encode("utf-8"))
+    write_atomic(out.with_suffix(".csv"), table.getvalue())
 
 
 def add_cli(sub) -> None:

@@ -2,17 +2,16 @@
 
 The tokenizer and preprocessor config are copied beside ``model.bin`` so faster-whisper loads the
 folder on its own (it reads the mel count from ``preprocessor_config.json``). The export is written
-to a temporary folder and renamed, so a killed export never looks finished.
+to a temporary folder and renamed (`whisper_sv.fileio.atomic_folder`), so a killed export never
+looks finished.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
+from .fileio import atomic_folder
 from .models import DEFAULT_MODEL, resolve_model
 
 QUANTIZATIONS = ("int8", "int8_float16", "int8_float32", "float16", "float32", "bfloat16")
@@ -40,20 +39,13 @@ def export_ct2(model: str = DEFAULT_MODEL, out: str | Path = "ct2", quantization
     # transformers 5 saves the feature extractor inside processor_config.json; such folders get a
     # preprocessor_config.json written from the loaded feature extractor instead of copied.
     copy = [f for f in COPY_FILES if not local or (Path(source) / f).is_file()]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_folder(out) as tmp:  # an existing export (--force) is replaced only once this one is whole
         converter = ctranslate2.converters.TransformersConverter(source, copy_files=list(copy))
-        converter.convert(str(tmp / "ct2"), quantization=quantization, force=True)
-        _complete_side_files(source, tmp / "ct2")
-        (tmp / "ct2" / "whisper_sv_export.json").write_text(
+        converter.convert(str(tmp), quantization=quantization, force=True)
+        _complete_side_files(source, tmp)
+        (tmp / "whisper_sv_export.json").write_text(
             json.dumps({"model": model, "quantization": quantization, "ctranslate2": ctranslate2.__version__}, indent=2)
         )
-        if out.exists():
-            shutil.rmtree(out)
-        os.rename(tmp / "ct2", out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 

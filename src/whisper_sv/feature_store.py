@@ -1,13 +1,14 @@
-"""The feature store on disk: atomic files, the manifest, Parquet shards, and reading it all back.
+"""The feature store on disk: the manifest, who may write, and reading it all back.
 
 Layout::
 
     OUT/feature_config.json           the resolved FeatureConfig (written before any work)
     OUT/manifest.jsonl                one line per committed shard: the truth about what is done
                                       (manifest-{i}-of-{n}.jsonl when n machines share a source)
-    OUT/{split}-{k:05d}.parquet       path, sentence, duration (s, float32), input_features (float16,
-                                      n_mels x n_frames: only the frames that hold audio), n_frames
-                                      (int32), pad_value (float32: the clip's floor), labels (int32)
+    OUT/{split}-{k:05d}.parquet       one `shard_format.ShardRow` per kept clip: clip_id, sentence,
+                                      duration (s, float32), input_features (float16, n_mels x
+                                      n_frames: only the frames that hold audio), n_frames (int32),
+                                      pad_value (float32: the clip's floor), labels (int32)
     OUT/{split}-{k:05d}.rejects.jsonl the shard's dropped clips: id, reason, detail
     OUT/rejects.tsv                   every reject of the committed shards, rebuilt at the end of a run
     OUT/.manifest.lock                held by the run writing manifest.jsonl (.manifest-{i}-of-{n}.lock
@@ -22,18 +23,18 @@ rather than doubling rows.
 from __future__ import annotations
 
 import datetime
-import io
 import json
 import logging
 import os
 import re
 import socket
 from pathlib import Path
-from typing import Any
-
-import numpy as np
+from typing import Any, Iterator
 
 from .errors import UserError
+from .feature_config import FeatureConfig
+from .fileio import write_atomic
+from .shard_format import ShardRow, with_current_columns
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +59,6 @@ class FeatureStore:
         self.folder = Path(folder)
         if not (self.folder / CONFIG_NAME).is_file():
             raise FileNotFoundError(f"{self.folder} is not a feature store (no {CONFIG_NAME}); run `whisper-sv features`")
-        from .features import FeatureConfig  # the config lives with the pipeline that writes it
-
         self.config = FeatureConfig.from_json(self.folder / CONFIG_NAME)
 
     @property
@@ -90,60 +89,22 @@ class FeatureStore:
         return sum(r["rows"] for r in self.manifest)
 
     def dataset(self, **kwargs):
-        """The committed rows as a `datasets.Dataset` (``load_dataset("parquet")``); kwargs go to it."""
-        import datasets
+        """The committed rows as a `datasets.Dataset` (``load_dataset("parquet")``), columns named as
+        `ShardRow`'s fields whichever format wrote the store; kwargs go to ``load_dataset``."""
+        import datasets  # ~2 s to import: only the readers of a store pay it, not the pipeline's workers
 
         files = [str(self.folder / r["shard"]) for r in self.manifest if r["rows"] > 0]  # pyarrow cannot batch 0 rows
         if not files:
             raise ValueError(f"{self.folder}: no committed shards yet; run `whisper-sv features` first")
-        return datasets.load_dataset("parquet", data_files=files, split="train", **kwargs)
+        return with_current_columns(datasets.load_dataset("parquet", data_files=files, split="train", **kwargs))
+
+    def rows(self) -> Iterator[ShardRow]:
+        """The committed rows, in shard order, as typed rows."""
+        for record in self.dataset():
+            yield ShardRow.from_record(record)
 
     def __repr__(self) -> str:
         return f"FeatureStore({str(self.folder)!r}, rows={len(self)}, shards={len(self.manifest)})"
-
-
-def commit_file(path: Path, data: bytes) -> None:
-    """Write `data` to `path` atomically: a temp name, fsync, rename, fsync the folder."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def shard_bytes(rows: list[tuple], n_mels: int) -> bytes:
-    """The Parquet bytes of a shard: same rows in, same bytes out (no timestamps, fixed options)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    n_frames = np.array([r[4] for r in rows], dtype=np.int32)
-    flat = np.concatenate([r[3].reshape(-1) for r in rows]) if rows else np.zeros(0, np.float16)
-    inner_offsets = np.concatenate([[0], np.cumsum(np.repeat(n_frames, n_mels), dtype=np.int64)]).astype(np.int32)
-    inner = pa.ListArray.from_arrays(pa.array(inner_offsets), pa.array(flat, type=pa.float16()))
-    features = pa.ListArray.from_arrays(pa.array(np.arange(len(rows) + 1, dtype=np.int32) * n_mels), inner)
-    label_offsets = np.concatenate([[0], np.cumsum([len(r[6]) for r in rows], dtype=np.int64)]).astype(np.int32)
-    label_values = np.array([t for r in rows for t in r[6]], dtype=np.int32)
-    table = pa.table(
-        {
-            "path": pa.array([r[0] for r in rows], pa.string()),
-            "sentence": pa.array([r[1] for r in rows], pa.string()),
-            "duration": pa.array(np.array([r[2] for r in rows], dtype=np.float32)),
-            "input_features": features,
-            "n_frames": pa.array(n_frames),
-            "pad_value": pa.array(np.array([r[5] for r in rows], dtype=np.float32)),
-            "labels": pa.ListArray.from_arrays(pa.array(label_offsets), pa.array(label_values, pa.int32())),
-        }
-    )
-    sink = io.BytesIO()
-    # zstd: fp16 log-mels compress by a further ~20 %; 64 rows per group keeps random reads cheap.
-    pq.write_table(table, sink, compression="zstd", row_group_size=64, write_statistics=["duration", "n_frames"])
-    return sink.getvalue()
 
 
 def read_manifest(path: Path, repair: bool = False) -> list[dict[str, Any]]:
@@ -160,35 +121,6 @@ def read_manifest(path: Path, repair: bool = False) -> list[dict[str, Any]]:
     return [json.loads(line) for line in good.decode().splitlines() if line.strip()]
 
 
-def remove_temp_files(out: Path) -> None:
-    """Delete the temp files of writes that never finished (a killed run's litter).
-
-    Only those whose writer (the PID in ``.NAME.PID.tmp``) is gone: the runs of other
-    ``--shard-index`` values filling the same folder on this machine keep theirs.
-    """
-    for tmp in out.glob(".*.tmp"):
-        pid = tmp.name.removesuffix(".tmp").rpartition(".")[2]
-        if not pid.isdigit() or not pid_is_alive(int(pid)):
-            tmp.unlink(missing_ok=True)
-
-
-def pid_is_alive(pid: int) -> bool:
-    """Whether process `pid` runs on this machine (a zombie, killed but not yet reaped, does not)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    except OverflowError:
-        return False
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return True  # no /proc (macOS): kill(0) is all there is
-    return state not in ("Z", "X")
-
-
 def write_rejects_table(out: Path) -> None:
     """``rejects.tsv``: every reject of the committed shards (id, reason, detail), in shard order."""
     lines = ["id\treason\tdetail"]
@@ -196,7 +128,7 @@ def write_rejects_table(out: Path) -> None:
         for line in (out / row["rejects_file"]).read_text(encoding="utf-8").splitlines():
             r = json.loads(line)
             lines.append("\t".join(str(r[k]).replace("\t", " ").replace("\n", " ") for k in ("id", "reason", "detail")))
-    commit_file(out / "rejects.tsv", ("\n".join(lines) + "\n").encode())
+    write_atomic(out / "rejects.tsv", "\n".join(lines) + "\n")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -236,7 +168,7 @@ class StoreLock:
 
     def acquire(self, wait: bool = False) -> bool:
         """Take the lock; False when another process holds it (with `wait`, block until it is free)."""
-        import fcntl
+        import fcntl  # POSIX only, and only writers lock: reading a store works on any OS
 
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:

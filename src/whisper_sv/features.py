@@ -13,7 +13,8 @@ One process writes a manifest at a time (a lock file naming its PID; the lock of
 taken over), and plain and ``--num-shards`` runs are never mixed in one folder. Workers watch the
 parent and exit when it dies, however it dies.
 
-The store's layout and the code that reads it back are in `feature_store`.
+The store's layout and the code that reads it back are in `feature_store`, the row type and the
+shard files in `shard_format`, the config in `feature_config`.
 """
 
 from __future__ import annotations
@@ -28,111 +29,41 @@ import os
 import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
 from itertools import islice
-from multiprocessing import get_context
+from multiprocessing import get_all_start_methods, get_context
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from . import logmel
 from .audio import SAMPLE_RATE, AudioError
-from .errors import UserError, check_field_types
-from .feature_store import (  # noqa: F401 (FeatureStore is re-exported: the training side imports it from here)
+from .errors import UserError
+from .feature_config import FeatureConfig
+from .feature_store import (
     CLAIM_LOCK_NAME,
     CONFIG_NAME,
-    MANIFEST_NAME,
-    FeatureStore,
-    LayoutMismatch,
-    StoreBusy,
     StoreLock,
-    commit_file,
     manifest_name,
-    pid_is_alive,
     read_manifest,
-    remove_temp_files,
-    shard_bytes,
     take_writer_lock,
     write_rejects_table,
 )
-from .logmel import Smoothing, collate_features, log_mel, pad_features, smooth_log_mel  # noqa: F401 (re-exported)
+from .fileio import differing_keys, pid_is_alive, remove_dead_temp_files, write_atomic, write_json
+from .logmel import log_mel, smooth_log_mel
 from .models import DEFAULT_MODEL, LANGUAGE, TASK, model_errors, resolve_model
+from .shard_format import FORMATS, ShardRow, shard_bytes
 from .sources import Example, decode_example, iter_examples, open_source
-
-__all__ = [
-    "FeatureConfig", "ConfigMismatch", "StoreBusy", "LayoutMismatch", "build_features", "push_store", "process_shard", "load_tokenizer",
-    "format_summary", "add_cli", "FeatureStore", "Smoothing", "log_mel", "pad_features", "collate_features",
-]
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1  # bump when the shard layout changes: old stores are then refused, not mixed
 REJECT_REASONS = (
     "too_long", "empty", "undecodable", "missing", "truncated",  # the audio
     "empty_text", "labels_too_long",  # the transcript
     "bad_encoding", "bad_row",  # the source row itself (a TSV line that is not UTF-8 or has too few fields)
 )
 PARENT_POLL_S = 0.5  # how often a worker checks that the run that started it is still alive
-
-
-@dataclass(frozen=True)
-class FeatureConfig:
-    """Everything that changes the stored numbers; saved as ``feature_config.json``.
-
-    `n_mels` None means "what the model's feature extractor uses" (80, or 128 for large-v3) and is
-    resolved before the config is saved. `shard_size` decides which clips share a file, so it is
-    part of the config too; the number of workers and machines is not.
-    """
-
-    source: str = ""
-    split: str = "train"
-    model: str = DEFAULT_MODEL  # tokenizer (and n_mels) source: any model spec
-    language: str = LANGUAGE
-    task: str = TASK
-    n_mels: int | None = None
-    max_seconds: float = 30.0  # Whisper's window; longer clips are dropped, never truncated
-    max_label_tokens: int = 448  # decoder positions, prefix and <|endoftext|> included
-    shard_size: int = 500
-    smoothing: Smoothing | None = None
-    audio_column: str = "audio"
-    text_column: str | None = None
-    format_version: int = FORMAT_VERSION
-
-    def __post_init__(self):
-        check_field_types(self, [f.name for f in dataclasses.fields(self) if f.name != "smoothing"])
-        object.__setattr__(self, "smoothing", Smoothing.parse(self.smoothing))
-        if not 0 < self.max_seconds <= 30:
-            raise ValueError(f"max_seconds={self.max_seconds}: Whisper sees at most 30 s; use a value in (0, 30]")
-        if not 0 < self.max_label_tokens <= 448:
-            raise ValueError(f"max_label_tokens={self.max_label_tokens}: the decoder has 448 positions; use 1..448")
-        if self.shard_size < 1:
-            raise ValueError(f"shard_size={self.shard_size}: use a positive number of clips per shard (e.g. 500)")
-        if self.n_mels is not None and self.n_mels not in (80, 128):
-            raise ValueError(f"n_mels={self.n_mels}: Whisper uses 80 (128 for large-v3); leave it unset to follow the model")
-        if self.task not in ("transcribe", "translate"):
-            raise ValueError(f"task={self.task!r}: use 'transcribe' or 'translate'")
-
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["smoothing"] = None if self.smoothing is None else self.smoothing.to_dict()
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "FeatureConfig":
-        if not isinstance(d, dict):
-            raise UserError(f"a feature config is one JSON object of FeatureConfig fields, not a {type(d).__name__}")
-        unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
-        if unknown:
-            raise UserError(f"unknown feature config keys {sorted(unknown)}; known: {[f.name for f in dataclasses.fields(cls)]}")
-        return cls(**d)
-
-    @classmethod
-    def from_json(cls, path: str | Path) -> "FeatureConfig":
-        try:
-            return cls.from_dict(json.loads(Path(path).read_text()))
-        except json.JSONDecodeError as err:
-            raise UserError(f"{path}: not valid JSON ({err})") from err
 
 
 class ConfigMismatch(UserError):
@@ -179,7 +110,7 @@ def build_features(
     # 2. Claim the folder: its config, its layout, and this manifest's writer lock.
     config, writer = _claim_folder(out, config, shard_index, num_shards)
     try:
-        remove_temp_files(out)
+        remove_dead_temp_files(out)
         manifest = out / manifest_name(shard_index, num_shards)
         done = {row["index"] for row in read_manifest(manifest, repair=True)}
         workers = max(1, workers or os.cpu_count() or 1)
@@ -198,7 +129,7 @@ def build_features(
                 n_shards += 1
                 bar.update(line["clips"])
         bar.close()
-        remove_temp_files(out)
+        remove_dead_temp_files(out)
         write_rejects_table(out)
     finally:
         writer.release()
@@ -220,7 +151,7 @@ def build_features(
 def push_store(out: str | Path, repo: str) -> str:
     """Upload the store's shards, config, manifests and rejects to the dataset repo `repo`."""
     try:
-        from huggingface_hub import HfApi
+        from huggingface_hub import HfApi  # only --push-to-hub needs the Hub client
 
         api = HfApi()
         api.create_repo(repo, repo_type="dataset", exist_ok=True)
@@ -255,7 +186,7 @@ def _init_worker(n_mels: int, bank: np.ndarray, parent: int | None = None) -> No
         threading.Thread(target=_exit_with, args=(parent,), name="watch-parent", daemon=True).start()
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[var] = "1"
-    import cv2
+    import cv2  # after the variables above: the math libraries read them when first imported
     import torch
 
     torch.set_num_threads(1)
@@ -272,7 +203,7 @@ def _exit_with(pid: int) -> None:
 
 def load_tokenizer(model: str, language: str = LANGUAGE, task: str = TASK):
     """The model's tokenizer set to prefix <|startoftranscript|><|sv|><|transcribe|><|notimestamps|>."""
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer  # in the parent only: workers import this module, not transformers
 
     path = resolve_model(model)
     with model_errors(model, path):
@@ -307,14 +238,17 @@ def process_shard(index: int, examples: list, labels: list[list[int]], out: Path
             continue
         compact, n_frames, pad_value = log_mel(audio, config.n_mels)
         compact, n_frames = smooth_log_mel(compact, n_frames, pad_value, config.smoothing)
-        rows.append((ex.id, ex.sentence, len(audio) / SAMPLE_RATE, compact.astype(np.float16), n_frames, pad_value, ids))
+        rows.append(ShardRow(
+            clip_id=ex.id, sentence=ex.sentence, duration=len(audio) / SAMPLE_RATE, input_features=compact.astype(np.float16),
+            n_frames=n_frames, pad_value=pad_value, labels=ids,
+        ))
 
     name = f"{config.split}-{index:05d}"
     rejects_name = f"{name}.rejects.jsonl"
     reject_bytes = "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in rejects).encode()
-    commit_file(out / rejects_name, reject_bytes)
-    data = shard_bytes(rows, config.n_mels)
-    commit_file(out / f"{name}.parquet", data)
+    write_atomic(out / rejects_name, reject_bytes)
+    data = shard_bytes(rows, config.n_mels, config.format_version)
+    write_atomic(out / f"{name}.parquet", data)
     return {
         "index": index,
         "shard": f"{name}.parquet",
@@ -352,7 +286,7 @@ def _run_shards(todo, out: Path, config: FeatureConfig, workers: int) -> Iterato
         for k, examples, labels in todo:
             yield process_shard(k, examples, labels, out, config)
         return
-    ctx = get_context("forkserver" if "forkserver" in _start_methods() else "spawn")
+    ctx = get_context("forkserver" if "forkserver" in get_all_start_methods() else "spawn")
     bank = logmel.mel_filters(config.n_mels)
     # concurrent.futures rather than multiprocessing.Pool: a worker killed by the OS (OOM, a decoder
     # segfault) raises BrokenProcessPool here instead of hanging the run forever.
@@ -367,20 +301,15 @@ def _run_shards(todo, out: Path, config: FeatureConfig, workers: int) -> Iterato
             yield pending.popleft().result()
 
 
-def _start_methods() -> list[str]:
-    from multiprocessing import get_all_start_methods
-
-    return get_all_start_methods()
-
-
 def _claim_folder(out: Path, config: FeatureConfig, shard_index: int, num_shards: int) -> tuple[FeatureConfig, StoreLock]:
     """Become the writer of this run's manifest in `out` and check (or write) ``feature_config.json``.
 
     Under the folder's claim lock, so runs starting together take turns: the layout check and the
     writer lock (`take_writer_lock`), then the config. A saved config that differs is refused,
     unless no shard was ever committed and nobody is writing (a run started with a typo and
-    stopped): then there is nothing it could be mixed with, and the new config replaces it.
-    Returns the config and the held writer lock; the caller releases it.
+    stopped): then there is nothing it could be mixed with, and the new config replaces it. A
+    store is finished in the shard format it was started in (`shard_format`), so an older store
+    never mixes column names. Returns the config and the held writer lock; the caller releases it.
     """
     path = out / CONFIG_NAME
     wanted = config.to_dict()
@@ -390,13 +319,16 @@ def _claim_folder(out: Path, config: FeatureConfig, shard_index: int, num_shards
         try:
             if path.is_file():
                 found = json.loads(path.read_text())
+                if found.get("format_version") in FORMATS and found["format_version"] != config.format_version:
+                    config = dataclasses.replace(config, format_version=found["format_version"])
+                    wanted = config.to_dict()
                 if found != wanted and (_has_commits(out) or _has_other_writers(out, writer)):
                     raise ConfigMismatch(_mismatch_message(out, found, wanted))
                 if found != wanted:
                     log.warning("%s: no shard was committed with the saved config; replacing it", out)
                 else:
                     return config, writer
-            commit_file(path, (json.dumps(wanted, indent=2, sort_keys=True) + "\n").encode())
+            write_json(path, wanted, sort_keys=True)
             return config, writer
         except BaseException:
             writer.release()
@@ -412,7 +344,12 @@ def _has_other_writers(out: Path, mine: StoreLock) -> bool:
 
 
 def _mismatch_message(out: Path, found: dict[str, Any], wanted: dict[str, Any]) -> str:
-    keys = [k for k in sorted(set(found) | set(wanted)) if found.get(k) != wanted.get(k)]
+    if found.get("format_version") not in FORMATS:
+        return (
+            f"{out} holds a store of format {found.get('format_version')}, which this whisper-sv cannot finish "
+            f"(it writes formats {FORMATS}): use the whisper-sv that started it, or another --out"
+        )
+    keys = differing_keys(found, wanted)
     diff = {k: (found.get(k), wanted.get(k)) for k in keys}
     if set(keys) <= {"source", "split", "audio_column", "text_column"}:
         # --config cannot help here: the command line's --source and --split override it.
@@ -434,7 +371,7 @@ def _model_n_mels(model_dir: str) -> int:
         extractor = json.loads((folder / "processor_config.json").read_text()).get("feature_extractor", {})
         if "feature_size" in extractor:
             return int(extractor["feature_size"])
-    from transformers import WhisperFeatureExtractor
+    from transformers import WhisperFeatureExtractor  # parent only, as in load_tokenizer
 
     with model_errors(model_dir, model_dir):
         return int(WhisperFeatureExtractor.from_pretrained(model_dir).feature_size)
@@ -445,8 +382,6 @@ def _count_examples(config: FeatureConfig) -> int:
 
 
 def _progress(total: int | None, enabled: bool, skipped: int):
-    from tqdm.auto import tqdm
-
     bar = tqdm(total=total, initial=skipped, desc="features", unit="clip", disable=not enabled, smoothing=0.1)
     return bar
 

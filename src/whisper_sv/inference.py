@@ -1,4 +1,5 @@
-"""Serving backends: one `Transcriber` protocol, faster-whisper (CTranslate2) and Transformers.
+"""Serving backends: one `Transcriber` protocol, faster-whisper (CTranslate2) and Transformers,
+and ``whisper-sv transcribe``, which serves audio files with them.
 
 Both backends share the same front and back ends:
 
@@ -13,52 +14,52 @@ Both backends share the same front and back ends:
 The CTranslate2 backend also drops chunks Whisper itself marks as non-speech (``no_speech_prob``
 high *and* ``avg_logprob`` low, openai/whisper's rule). Every chunk's text, in both backends, then
 gets the compression-ratio check: a chunk that compresses like a repetition loop (zlib ratio over
-``max_compression_ratio``) is cut at the loop by `cut_repetitions`, each run of a repeated word
+``max_compression_ratio``) is cut at the loop by `decoding.cut_repetitions`, each run of a repeated word
 group kept once (issue #13: 177 s of speech came back with runs of ~300 repeated words). Cutting
 costs no second decode and keeps transcripts deterministic; re-decoding at higher temperatures
 (``temperatures``) still runs first when configured. The backends differ in the encoder window:
 Transformers' Whisper encoder accepts only the full 30 s (3,000 frames), so a 2 s clip costs as
-much as a 30 s one. The CTranslate2 backend encodes a window fitted to the chunk (`window_frames`:
+much as a 30 s one. The CTranslate2 backend encodes a window fitted to the chunk (`decoding.window_frames`:
 the chunk + 1 s, at least ``min_window_s``, 15 s by default): on 2 CPU cores that makes the encoder
 3-4x cheaper on a 5 s request and left WER on the synthetic test set unchanged (docs/benchmarks.md,
 `make bench-window`). ``min_window_s=30`` restores Whisper's own window.
 
 `pick_backend` turns a model spec into a backend: a CTranslate2 folder (``model.bin``), a training
 run with ``ct2/`` beside ``final/``, or ``packaged:whisper-base`` go to CTranslate2 through
-faster-whisper (int8 on CPU, float16 on CUDA); anything else to Transformers.
+faster-whisper (int8 on CPU, float16 on CUDA); anything else to Transformers. The decode helpers
+both backends share with evaluation (token budget, encoder window, loop cutting) are in `decoding`.
+
+faster-whisper, CTranslate2 and torch are imported where a backend needs them: the app serves with
+one of the two and should not pay for the other (torch alone takes seconds to import).
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import logging
 import os
+import sys
 import threading
 import time
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, Sequence
 
 import numpy as np
 
-from .audio import CHUNK_LENGTH, N_FRAMES, SAMPLE_RATE
+from .audio import CHUNK_LENGTH, SAMPLE_RATE, AudioError, load_audio
+from .decoding import DecodeOptions, compression_ratio, ct2_max_length, cut_repetitions, token_budget, transcribe_arrays, window_frames
 from .logmel import log_mel, pad_features
-from .models import LANGUAGE, PACKAGED_BASE, TASK
-from .transcribe import DECODER_POSITIONS, token_budget
+from .models import LANGUAGE, PACKAGED_BASE, TASK, load_model
+from .options import add_options, build, options_from
+from .packaged import packaged_ct2_dir
 
 log = logging.getLogger(__name__)
 
 NO_SPEECH = "no speech detected"
 DEMO_RUN = Path("runs/cpu-demo")  # what the training issue's `make demo` writes (final/ and ct2/)
 BACKENDS = ("auto", "faster-whisper", "transformers")
-WINDOW_HELP = ("shortest CTranslate2 encoder window in seconds (default: %(default)g; the chunk + 1 s when longer); "
-               "30 = Whisper's own window, several times slower on short clips")
-
-# A word group said this many times in a row, in a chunk that compresses like a loop, is a
-# repetition loop: `cut_repetitions` keeps one. Groups up to MAX_LOOP_WORDS words are found.
-MIN_LOOP_REPEATS = 3
-MAX_LOOP_WORDS = 40
-
 # Energy gate: a clip whose loudest 30 ms frame is below this is silence; no VAD or model needed.
 SILENCE_DBFS = -60.0
 _FRAME = SAMPLE_RATE * 30 // 1000  # 480 samples = 30 ms
@@ -68,11 +69,11 @@ _FRAME = SAMPLE_RATE * 30 // 1000  # 480 samples = 30 ms
 class InferenceOptions:
     """How a backend decodes and what it counts as speech; change with `dataclasses.replace`."""
 
-    beam_size: int = 1  # greedy: the setting the project's WER figures and the benchmark use
-    # Temperature 0 only: deterministic, and one decode per chunk. A fallback such as
-    # faster-whisper's default (0.2 ... 1.0 when a decode looks bad: compression ratio over
-    # `max_compression_ratio` or mean log-probability under `min_avg_logprob`) re-decodes weak
-    # audio up to five times, which made a 2 s clip take 1 to 7 s on 2 cores.
+    beam_size: int = 1  # 1 = greedy: the setting the project's WER figures and the benchmark use
+    # Temperatures tried in turn while a decode looks bad (compression ratio over
+    # `max_compression_ratio` or mean log-probability under `min_avg_logprob`), e.g. [0, 0.2, 0.4].
+    # 0 only by default: deterministic, one decode per chunk; faster-whisper's default fallback
+    # (0.2 ... 1.0) re-decodes weak audio up to five times, which made a 2 s clip take 1-7 s on 2 cores.
     temperatures: tuple[float, ...] = (0.0,)
     max_compression_ratio: float = 2.4  # zlib ratio above which a decode is a repetition loop
     # CTranslate2 encoder window (seconds): the chunk + 1 s, at least this. 30 = Whisper's own
@@ -86,9 +87,9 @@ class InferenceOptions:
     vad_threshold: float = 0.5  # Silero speech probability above which a 32 ms frame is speech
     min_silence_ms: int = 500  # a pause this long separates two speech spans
     speech_pad_ms: int = 200  # kept either side of each span so word edges are not clipped
-    max_chunk_s: float = float(CHUNK_LENGTH)  # one Whisper window
-    no_speech_prob: float = 0.6  # openai/whisper's no_speech_threshold ...
-    min_avg_logprob: float = -1.0  # ... applied together with its logprob_threshold
+    max_chunk_s: float = float(CHUNK_LENGTH)  # longest speech chunk decoded at once, s (30: one Whisper window)
+    no_speech_prob: float = 0.6  # a chunk is silence above this no-speech probability (openai/whisper's no_speech_threshold) ...
+    min_avg_logprob: float = -1.0  # ... when its mean log-probability is also below this (its logprob_threshold)
 
     def __post_init__(self):
         if self.beam_size < 1:
@@ -99,6 +100,7 @@ class InferenceOptions:
             raise ValueError(f"min_window_s={self.min_window_s}: use 1 to {CHUNK_LENGTH} s ({CHUNK_LENGTH} = Whisper's own window)")
         if self.decode_threads is not None and self.decode_threads < 1:
             raise ValueError(f"decode_threads={self.decode_threads}: use 1 or more, or None for the encoder's")
+        object.__setattr__(self, "temperatures", tuple(self.temperatures))  # a JSON list from a flag or preset
         if not self.temperatures or any(t < 0 for t in self.temperatures):
             raise ValueError(f"temperatures={self.temperatures}: give one or more values >= 0, 0 first for greedy")
 
@@ -157,56 +159,6 @@ def speech_chunks(audio: np.ndarray, options: InferenceOptions = InferenceOption
     if start is not None:
         chunks.append(audio[start:end])
     return [c[i : i + limit] for c in chunks for i in range(0, len(c), limit)]  # never over a window
-
-
-def window_frames(n_frames: int, min_window_s: float) -> int:
-    """Encoder input length, in log-mel frames (100 per second), for a chunk of `n_frames` frames.
-
-    The chunk plus 1 s of its floor, rounded up to a whole second, at least `min_window_s` and at
-    most Whisper's 3,000. A window fitted tightly to the clip costs several WER points (Whisper
-    always saw at least a few seconds of padding in training); 15 s cost nothing measurable on the
-    synthetic test set, 10 s about one point.
-    """
-    need = -(-(n_frames + 100) // 100) * 100
-    return int(min(N_FRAMES, max(round(min_window_s * 100), need)))
-
-
-def ct2_max_length(new_tokens: int, prompt_length: int = 4) -> int:
-    """The ``max_length`` that lets CTranslate2's Whisper `generate` emit `new_tokens` tokens.
-
-    CTranslate2 generates at most ``max_length // 2`` tokens whatever the prompt (openai/whisper's
-    ``sample_len = n_text_ctx // 2``; measured with the end token suppressed: 100 -> 50, 448 -> 224,
-    888 -> 444), so passing prompt + budget, as for Transformers' ``max_length``, halves the budget.
-    Capped so prompt and tokens fit the decoder's 448 positions.
-    """
-    return 2 * min(new_tokens, DECODER_POSITIONS - prompt_length)
-
-
-def cut_repetitions(text: str, max_compression_ratio: float = 2.4) -> str:
-    """`text` with each run of a repeated word group cut to its first occurrence, when `text`
-    compresses like a repetition loop (zlib ratio over `max_compression_ratio`); else unchanged.
-
-    Words are compared without case and surrounding punctuation ("Tack. tack, tack"); a group
-    counts when it comes `MIN_LOOP_REPEATS` or more times in a row, the shortest group first.
-    """
-    if _compression_ratio(text) <= max_compression_ratio:
-        return text
-    words = text.split()
-    keys = [w.strip(".,!?;:…\"'»«-").lower() for w in words]
-    kept, i, n = [], 0, len(words)
-    while i < n:
-        for size in range(1, min(MAX_LOOP_WORDS, (n - i) // MIN_LOOP_REPEATS) + 1):
-            group, repeats = keys[i : i + size], 1
-            while keys[i + repeats * size : i + (repeats + 1) * size] == group:
-                repeats += 1
-            if repeats >= MIN_LOOP_REPEATS:
-                kept += words[i : i + size]
-                i += repeats * size
-                break
-        else:
-            kept.append(words[i])
-            i += 1
-    return " ".join(kept)
 
 
 def _join(texts: Sequence[str]) -> str:
@@ -299,7 +251,7 @@ class FasterWhisperBackend:
             if not self._needs_fallback(*decoded):
                 return decoded
             tries.append(decoded)
-        fine = [t for t in tries if _compression_ratio(t[0]) <= self.options.max_compression_ratio]
+        fine = [t for t in tries if compression_ratio(t[0]) <= self.options.max_compression_ratio]
         return max(fine or tries, key=lambda t: t[1])
 
     def _generate(self, features: np.ndarray, temperature: float, max_length: int) -> list[tuple[str, float, float]]:
@@ -328,30 +280,20 @@ class FasterWhisperBackend:
     def _needs_fallback(self, text: str, avg_logprob: float, no_speech_prob: float) -> bool:
         if self._is_silence(avg_logprob, no_speech_prob):
             return False  # silence: a hotter decode would only invent words
-        return (_compression_ratio(text) > self.options.max_compression_ratio
+        return (compression_ratio(text) > self.options.max_compression_ratio
                 or avg_logprob < self.options.min_avg_logprob)
 
 
-def _compression_ratio(text: str) -> float:
-    """zlib compression ratio of `text`: over ~2.4 means a repetition loop (openai/whisper)."""
-    data = text.encode("utf-8")
-    return len(data) / len(zlib.compress(data)) if data else 0.0
-
-
 class TransformersBackend:
-    """`WhisperForConditionalGeneration` through `whisper_sv.transcribe.transcribe_arrays`."""
+    """`WhisperForConditionalGeneration` through `decoding.transcribe_arrays`."""
 
     def __init__(self, model_spec: str, device: str = "cpu", options: InferenceOptions = InferenceOptions()):
-        from .models import load_model
-
         self.model, self.processor = load_model(model_spec, device=device)
         self.options = options
         self.name = f"transformers on {device} ({_label(model_spec)})"
         self._lock = threading.Lock()  # generate() on one model is not safe from two threads
 
     def transcribe(self, audio: np.ndarray) -> str:
-        from .transcribe import DecodeOptions, transcribe_arrays
-
         chunks = speech_chunks(audio, self.options)
         if not chunks:
             return NO_SPEECH
@@ -377,8 +319,6 @@ def ct2_dir_for(model_spec: str) -> Path | None:
     run folder, or its ``final/``, with ``ct2/model.bin`` beside -> that ``ct2/``.
     """
     if model_spec == PACKAGED_BASE:
-        from .packaged import packaged_ct2_dir
-
         return packaged_ct2_dir()
     path = Path(model_spec).expanduser()
     if not path.is_dir():
@@ -435,3 +375,45 @@ def _torch_cuda() -> bool:
     import torch
 
     return torch.cuda.is_available()
+
+
+# ---------------------------------------------------------------------------------------------
+# ``whisper-sv transcribe``: files through the app's backend
+# ---------------------------------------------------------------------------------------------
+
+
+def add_cli(sub) -> None:
+    """Register ``whisper-sv transcribe``."""
+    p = sub.add_parser("transcribe", help="transcribe Swedish audio files")
+    p.add_argument("files", nargs="+", metavar="FILE", help="audio files (any format ffmpeg or libsndfile reads)")
+    p.add_argument("--model", default=None,
+                   help="model spec: Hub id, folder, CTranslate2 export or packaged:whisper-base "
+                        "(default: runs/cpu-demo/ct2 when exported, else packaged:whisper-base)")
+    p.add_argument("--backend", choices=BACKENDS, default="auto",
+                   help="auto (default): faster-whisper when the model has a CTranslate2 export, else transformers")
+    p.add_argument("--json", action="store_true",
+                   help='print one JSON line {"path": ..., "text": ...} per file ("text" is "" when no speech is found)')
+    # --min-window: the flag's name before the flags were made from InferenceOptions.
+    add_options(p, InferenceOptions, aliases={"min_window_s": "--min-window"}, title="decoding (InferenceOptions)")
+    p.set_defaults(func=_run_cli)
+
+
+def _run_cli(args: argparse.Namespace) -> int:
+    options = build(InferenceOptions, options_from(args, InferenceOptions))
+    backend = pick_backend(args.model, backend=args.backend, options=options)
+    failed = False
+    for path in args.files:
+        try:
+            text = backend.transcribe(load_audio(path))
+        except AudioError as err:
+            failed = True
+            if args.json:
+                print(json.dumps({"path": str(path), "error": str(err)}, ensure_ascii=False))
+            else:
+                print(f"{path}: ERROR {err}", file=sys.stderr)
+            continue
+        if args.json:
+            print(json.dumps({"path": str(path), "text": "" if text == NO_SPEECH else text}, ensure_ascii=False), flush=True)
+        else:
+            print(f"{path}\t{text}", flush=True)
+    return 1 if failed else 0

@@ -18,8 +18,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from functools import lru_cache
-from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -51,7 +50,7 @@ def mel_filters(n_mels: int = 80) -> np.ndarray:
 
 
 def _transformers_mel_filters(n_mels: int) -> np.ndarray:
-    from transformers.audio_utils import mel_filter_bank
+    from transformers.audio_utils import mel_filter_bank  # parent only: pool workers get its bank (use_mel_filters)
 
     bank = mel_filter_bank(
         num_frequency_bins=1 + N_FFT // 2,
@@ -67,7 +66,7 @@ def _transformers_mel_filters(n_mels: int) -> np.ndarray:
 
 @lru_cache(maxsize=1)
 def _torch_state():
-    import torch
+    import torch  # deferred (seconds): importing the package, e.g. for `whisper-sv --help`, stays quick
 
     return torch, torch.hann_window(N_FFT)  # periodic Hann, as the feature extractor uses
 
@@ -134,7 +133,7 @@ def collate_features(rows: Sequence[dict[str, Any]]):
     Each row needs ``input_features`` (n_mels, n_frames; nested lists or an array, any float
     dtype), ``n_frames`` and ``pad_value``, as `FeatureStore.dataset()` yields them.
     """
-    import torch
+    import torch  # deferred, as in _torch_state
 
     batch = [
         pad_features(_as_2d(r["input_features"], r["n_frames"]), r["n_frames"], r["pad_value"]) for r in rows
@@ -206,7 +205,7 @@ class Smoothing:
 
 def smooth_image(image: np.ndarray, spec: Smoothing) -> np.ndarray:
     """Apply `spec` to a float32 (n_mels, frames) image with OpenCV's default border."""
-    import cv2
+    import cv2  # only smoothing needs OpenCV
 
     image = np.ascontiguousarray(image, dtype=np.float32)
     if spec.kind == "gaussian":
@@ -236,67 +235,3 @@ def smooth_log_mel(
         [compact, np.full((compact.shape[0], 2 * r), pad_value, dtype=np.float32)], axis=1
     )
     return np.ascontiguousarray(smooth_image(extended, spec)[:, : n_frames + r]), n_frames + r
-
-
-# ---------------------------------------------------------------------------------------------
-# Figures the notebooks show.
-
-
-def plot_log_mels(rows: Iterable[dict[str, Any]], out: str | Path = "img/log_mels.png", max_rows: int = 4) -> Path:
-    """Plot a few feature-store rows (padded, first seconds only) to `out`; returns the path."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = list(rows)[:max_rows]
-    fig, axes = plt.subplots(len(rows), 1, figsize=(10, 2.2 * len(rows)), squeeze=False)
-    for ax, row in zip(axes[:, 0], rows):
-        shown = min(N_FRAMES, int(row["n_frames"]) + 50)
-        image = collate_features([row])[0, :, :shown].numpy()
-        im = ax.imshow(image, origin="lower", aspect="auto", cmap="magma", extent=(0, shown / 100, 0, image.shape[0]))
-        ax.set_title(f"{row['path']}: {row['duration']:.2f} s, {row['n_frames']} frames", fontsize=9)
-        ax.set_ylabel("mel bin")
-        fig.colorbar(im, ax=ax, pad=0.01)
-    axes[-1, 0].set_xlabel("time (s)")
-    return _save(fig, out)
-
-
-def plot_smoothing(audio: np.ndarray, spec: Smoothing, out: str | Path = "img/smoothing.png", n_mels: int = 80,
-                   title: str = "") -> Path:
-    """Plot one clip's log-mel before and after `spec` to `out`; returns the path."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    compact, n_frames, pad_value = log_mel(audio, n_mels)
-    smoothed, n_smoothed = smooth_log_mel(compact, n_frames, pad_value, spec)
-    shown = min(N_FRAMES, n_frames + 50)
-    before = pad_features(compact, n_frames, pad_value)[:, :shown]
-    after = pad_features(smoothed, n_smoothed, pad_value)[:, :shown]
-    fig, axes = plt.subplots(2, 1, figsize=(10, 5), sharex=True)
-    params = {k: v for k, v in spec.to_dict().items() if k == "kind" or _used(spec.kind, k)}
-    for ax, image, label in ((axes[0], before, "log-mel"), (axes[1], after, f"smoothed: {params}")):
-        im = ax.imshow(image, origin="lower", aspect="auto", cmap="magma", extent=(0, shown / 100, 0, image.shape[0]),
-                       vmin=before.min(), vmax=before.max())
-        ax.set_title(f"{title} {label}".strip(), fontsize=9)
-        ax.set_ylabel("mel bin")
-        fig.colorbar(im, ax=ax, pad=0.01)
-    axes[1].set_xlabel("time (s)")
-    return _save(fig, out)
-
-
-def _used(kind: str, field: str) -> bool:
-    return field in {"gaussian": ("ksize", "sigma"), "median": ("ksize",), "bilateral": ("d", "sigma_color", "sigma_space")}[kind]
-
-
-def _save(fig, out: str | Path) -> Path:
-    import matplotlib.pyplot as plt
-
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out

@@ -15,6 +15,7 @@ import re
 from pathlib import Path
 
 from .errors import UserError
+from .fileio import atomic_folder
 
 PACKAGED_BASE = "packaged:whisper-base"
 RANDOM_TINY = "random:tiny"
@@ -127,9 +128,6 @@ def random_tiny_dir(seed: int = 0) -> Path:
     The packaged base supplies the tokenizer, feature extractor and generation config, so labels,
     prefixes and suppress lists are the real multilingual ones; only the network is tiny.
     """
-    import os
-    import tempfile
-
     import torch
     from transformers import WhisperConfig, WhisperForConditionalGeneration
 
@@ -150,13 +148,9 @@ def random_tiny_dir(seed: int = 0) -> Path:
     model.generation_config = model.generation_config.from_pretrained(base)
     model.generation_config.alignment_heads = [[1, 0]]  # the base's heads do not exist here
     processor = load_processor(PACKAGED_BASE)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".random-tiny.", dir=out.parent))
-    model.save_pretrained(tmp)
-    processor.save_pretrained(tmp)
-    try:
-        os.rename(tmp, out)  # atomic: a killed build never looks finished
-    except OSError:  # another process finished first
-        if not (out / "model.safetensors").is_file():
-            raise
+    # Built beside `out` and renamed: a killed build never looks finished, and a process that
+    # finished first keeps its folder (someone may be loading it).
+    with atomic_folder(out, keep=lambda existing: (existing / "model.safetensors").is_file()) as tmp:
+        model.save_pretrained(tmp)
+        processor.save_pretrained(tmp)
     return out

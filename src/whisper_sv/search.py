@@ -25,7 +25,6 @@ storage: a file, so a study on a mounted Drive folder survives the runtime), ``t
 
 from __future__ import annotations
 
-import argparse
 import gc
 import json
 import logging
@@ -39,8 +38,9 @@ from pathlib import Path
 from typing import Any
 
 from .config import build_config, parse_overrides
-from .feature_store import commit_file
+from .fileio import claim_folder, write_atomic, write_json
 from .locks import folder_lock
+from .options import add_options, options_from
 from .search_config import SearchConfig, feature_config, load_search_config, open_study, store_key, study_paths, trial_train_values
 from .search_report import counts, write_results
 
@@ -49,6 +49,8 @@ __all__ = ["SearchConfig", "load_search_config", "open_study", "search", "recove
 log = logging.getLogger(__name__)
 
 HOST = socket.gethostname()
+# What makes a study the same study: a run asking for others is refused (trials, storage, ... may change).
+STUDY_KEYS = ("train", "space", "features", "sampler")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -70,7 +72,7 @@ def ensure_stores(cfg: SearchConfig, study_dir: Path, params: dict[str, Any]) ->
             if not done.exists():
                 print(f"features: {section['source']}:{split} -> {folder}")
                 build_features(section["source"], split, folder, fc, workers=section.get("workers", 1))
-                commit_file(done, b"")
+                write_atomic(done, b"")
         stores[role] = str(folder)
     return stores
 
@@ -218,7 +220,7 @@ def _reporter(trial, cfg: SearchConfig, run_dir: Path, lost: threading.Event | N
     import optuna
     from transformers import TrainerCallback
 
-    from .train import read_eval_utterances
+    from .run_report import read_eval_utterances
 
     wilcoxon = cfg.pruner == "wilcoxon"
 
@@ -376,17 +378,11 @@ def search(cfg: SearchConfig) -> dict[str, Any]:
 
 def _claim(study_dir: Path, cfg: SearchConfig) -> None:
     """``search.json`` in the study folder; a different space or preset there is refused."""
-    path = study_dir / "search.json"
     new = cfg.to_dict()
-    if path.exists():
-        old = json.loads(path.read_text())
-        changed = sorted(k for k in ("train", "space", "features", "sampler") if old.get(k) != new.get(k))
-        if changed:
-            raise ValueError(
-                f"{study_dir} holds a study with another {', '.join(changed)}; "
-                "continue it with its own config or start a new study_dir"
-            )
-    commit_file(path, json.dumps(new, indent=2).encode())
+    if claim_folder(study_dir, "search.json", new, "a study",
+                    comparable=lambda record: {k: record.get(k) for k in STUDY_KEYS},
+                    hint="continue it with its own config or start a new study_dir"):
+        write_json(study_dir / "search.json", new)  # the other settings (trials, storage, ...) may change
 
 
 # ---------------------------------------------------------------------------------------------
@@ -401,20 +397,14 @@ def add_cli(sub) -> None:
         "machines with one --storage to share the work; re-run it after a crash to continue.",
     )
     p.add_argument("config", help="search config JSON, e.g. configs/search-tiny.json")
-    p.add_argument("--trials", type=int, help="finished trials to run to (default: the config's)")
-    p.add_argument("--storage", help="Optuna storage URL (sqlite:///..., postgresql://..., or a journal file path)")
-    p.add_argument("--study", dest="study_name", help="study name (default: the study folder's name)")
-    p.add_argument("overrides", nargs=argparse.REMAINDER, help="--key value: a search setting (study_dir, sampler, ...) or a training key")
-    p.set_defaults(func=_run_cli)
+    add_options(p, SearchConfig, skip=("train", "space"), aliases={"study_name": "--study"},
+                title="search settings (override the config's)")
+    p.set_defaults(func=_run_cli, takes_training_keys=True)
+    p.epilog = "Any other --key value sets a training key of the trials (a TrainConfig or Seq2SeqTrainingArguments name)."
 
 
 def _run_cli(args) -> int:
-    overrides = parse_overrides(args.overrides)
-    if "study" in overrides:  # --study after a --key value pair lands among the overrides
-        overrides["study_name"] = overrides.pop("study")
-    for key in ("trials", "storage", "study_name"):
-        if getattr(args, key) is not None:
-            overrides[key] = getattr(args, key)
+    overrides = {**parse_overrides(args.extra_keys), **options_from(args, SearchConfig)}
     try:
         result = search(load_search_config(args.config, overrides))
     except KeyboardInterrupt:

@@ -18,12 +18,15 @@ import json
 import logging
 import math
 import os
+import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .config import build_config, toolkit_keys, training_argument_names
+from .feature_config import FeatureConfig
+from .logmel import Smoothing
 
 log = logging.getLogger(__name__)
 
@@ -157,14 +160,10 @@ class SearchConfig:
 
 
 def _feature_fields() -> set[str]:
-    from .features import FeatureConfig
-
     return {f.name for f in dataclasses.fields(FeatureConfig)} - FEATURE_SOURCE_KEYS
 
 
 def _smoothing_fields() -> set[str]:
-    from .logmel import Smoothing
-
     return {f.name for f in dataclasses.fields(Smoothing)}
 
 
@@ -234,10 +233,8 @@ def load_search_config(path: str | Path, overrides: dict[str, Any] | None = None
     return SearchConfig(train=train, **values)
 
 
-def feature_config(cfg: SearchConfig, params: dict[str, Any]):
+def feature_config(cfg: SearchConfig, params: dict[str, Any]) -> FeatureConfig:
     """The `FeatureConfig` of a trial: the `features` section with the trial's feature params."""
-    from .features import FeatureConfig
-
     values = {k: v for k, v in (cfg.features or {}).items() if k in _feature_fields()}
     values.update({k: v for k, v in params.items() if k in _feature_fields()})
     smoothing = values.get("smoothing")
@@ -254,7 +251,7 @@ def feature_config(cfg: SearchConfig, params: dict[str, Any]):
     return FeatureConfig(**values)
 
 
-def store_key(fc) -> str:
+def store_key(fc: FeatureConfig) -> str:
     """A short, readable name for the stores of one feature config."""
     numbers = {k: v for k, v in fc.to_dict().items() if k not in FEATURE_SOURCE_KEYS}
     digest = hashlib.sha256(json.dumps(numbers, sort_keys=True).encode()).hexdigest()[:10]
@@ -280,7 +277,7 @@ def study_paths(cfg: SearchConfig) -> tuple[Path, str, str]:
 
 def open_study(cfg: SearchConfig, create: bool = True):
     """The study on `cfg.storage` (a journal file in the study folder by default)."""
-    import optuna
+    import optuna  # not a dependency of the package (requirements.txt): only a search needs it
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
 
@@ -305,9 +302,7 @@ def open_study(cfg: SearchConfig, create: bool = True):
 
 def _rdb_storage(url: str, attempts: int = 5):
     """An RDB storage; workers that start together race to create its tables, so the losers retry."""
-    import random
-
-    import optuna
+    import optuna  # optional, as in open_study; sqlalchemy comes with it
     from sqlalchemy.exc import SQLAlchemyError
 
     for attempt in range(attempts):

@@ -15,7 +15,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from .feature_store import commit_file
+from .fileio import write_atomic, write_json
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ def write_results(study, cfg) -> dict[str, Any]:
     writer = csv.DictWriter(table, columns)
     writer.writeheader()
     writer.writerows(rows)
-    commit_file(study_dir / "summary.csv", table.getvalue().encode())
+    write_atomic(study_dir / "summary.csv", table.getvalue())
     tally = counts(study)
     finished = tally.get("COMPLETE", 0) + tally.get("PRUNED", 0)
     outcome: dict[str, Any] = {"study_dir": str(study_dir), "finished": finished, "counts": tally}
@@ -72,7 +72,7 @@ def write_results(study, cfg) -> dict[str, Any]:
         run_dir = Path(best.user_attrs["run_dir"])
         preset = json.loads((run_dir / "config.json").read_text())
         preset.update(output_dir=str(study_dir / "best"))
-        commit_file(study_dir / "best.json", json.dumps(preset, indent=2).encode())
+        write_json(study_dir / "best.json", preset)
         outcome["best"] = {"trial": best.number, "wer": best.value, "params": best.params, "run_dir": str(run_dir)}
         outcome["best_json"] = str(study_dir / "best.json")
     md = [f"# Study `{study.study_name}`", "", f"{finished} finished trials ({', '.join(f'{k} {v}' for k, v in sorted(tally.items()))}).", ""]
@@ -80,7 +80,7 @@ def write_results(study, cfg) -> dict[str, Any]:
         md += [f"Best: trial {best.number}, WER {100 * best.value:.2f} %, {best.params}; `whisper-sv train {study_dir / 'best.json'}` trains it again.", ""]
     md += ["| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
     md += ["| " + " | ".join(_cell(r.get(c)) for c in columns) + " |" for r in rows]
-    commit_file(study_dir / "summary.md", ("\n".join(md) + "\n").encode())
+    write_atomic(study_dir / "summary.md", "\n".join(md) + "\n")
     outcome["summary"] = str(study_dir / "summary.md")
     outcome["plots"] = [str(p) for p in write_plots(study, study_dir / "img")]
     return outcome
@@ -117,8 +117,10 @@ def write_plots(study, folder: Path) -> list[Path]:
         fig = first.figure
         fig.set_size_inches(max(fig.get_size_inches()[0], 8), max(fig.get_size_inches()[1], 4.5))
         out = folder / f"{name}.png"
-        fig.savefig(out, dpi=100, bbox_inches="tight")
+        image = io.BytesIO()
+        fig.savefig(image, dpi=100, bbox_inches="tight", format="png")
         plt.close(fig)
+        write_atomic(out, image.getvalue())
         written.append(out)
     plt.close("all")
     return written

@@ -249,7 +249,7 @@ def iter_hub(
     The audio column is cast to ``Audio(decode=False)`` so the encoded bytes arrive untouched and
     `load_audio` decodes them (faster than the default decoder, and in the worker that needs them).
     """
-    import datasets
+    import datasets  # deferred (seconds): only hf: sources need it, and this module is imported by the CLI
 
     ds = datasets.load_dataset(dataset_id, config, split=split, streaming=streaming)
     columns = list(ds.features) if ds.features is not None else None

@@ -24,9 +24,14 @@ import soxr
 from tqdm.auto import tqdm
 
 from .errors import UserError
+from .fileio import claim_folder, remove_dead_temp_files, sha256_file, write_atomic
+from .options import add_options, build, options_from
 from .sources import CV_HEADER
 
-SENTENCES = Path(__file__).resolve().parents[2] / "data" / "sv_sentences.txt"
+CHECKOUT = Path(__file__).resolve().parents[2]
+BUNDLED_SENTENCES = "data/sv_sentences.txt"  # as synth.json names the copy that ships with the code
+SENTENCES = CHECKOUT / BUNDLED_SENTENCES
+RECORD_NAME = "synth.json"
 CLIP_RATE = 48000  # Common Voice ships 48 kHz MP3
 # espeak-ng's Swedish voice with variants that stay intelligible (whisper/croak do not).
 VOICES = (
@@ -42,10 +47,12 @@ NOISE_DB = -55.0  # a faint noise floor, seeded per clip, so silences are not di
 class SynthConfig:
     """What decides the corpus; saved as ``synth.json`` and compared on re-runs."""
 
-    clips: int = 3000
-    seed: int = 0
-    splits: dict[str, float] = field(default_factory=lambda: {"train": 0.8, "dev": 0.1, "test": 0.1})
-    sentences: str = str(SENTENCES)
+    clips: int = 3000  # number of clips
+    seed: int = 0  # the same seed gives the same corpus, byte for byte
+    splits: dict[str, float] = field(default_factory=lambda: {"train": 0.8, "dev": 0.1, "test": 0.1})  # fraction of the sentences per split
+    # One sentence per line; a split never shares a sentence with another. The default is the copy
+    # in this checkout, wherever the command runs; a corpus is compared by the file's content.
+    sentences: str = BUNDLED_SENTENCES
 
     def __post_init__(self):
         if self.clips < len(self.splits):
@@ -66,6 +73,38 @@ class ClipJob:
     pitch: int
 
 
+def sentences_file(sentences: str | Path) -> Path:
+    """The file a config's ``sentences`` names: `BUNDLED_SENTENCES` is this checkout's copy."""
+    return SENTENCES if str(sentences) == BUNDLED_SENTENCES else Path(sentences)
+
+
+def corpus_record(cfg: SynthConfig) -> dict:
+    """What ``synth.json`` records: the config, with the sentences file named and hashed.
+
+    The bundled file is named relative to the checkout (``data/sv_sentences.txt``) and any other
+    by its absolute path; only the sha256 is compared, so a corpus made by another checkout (or a
+    moved one) from the same sentences is resumed, and one made from other sentences is refused.
+    """
+    path = sentences_file(cfg.sentences).resolve()
+    shown = BUNDLED_SENTENCES if path == SENTENCES else str(path)
+    return {**asdict(cfg), "sentences": shown, "sentences_sha256": sha256_file(path)}
+
+
+def _compared(record: dict) -> dict:
+    """The part of a record two runs must share: all but the sentences file's name."""
+    return {k: v for k, v in record.items() if k != "sentences"}
+
+
+def _upgrade_record(record: dict) -> dict:
+    """A record written before sentences were hashed (its ``sentences`` is an absolute path):
+    hash the file it names, so the same sentences from another checkout still match."""
+    if "sentences_sha256" in record or "sentences" not in record:
+        return record
+    path = Path(record["sentences"])
+    digest = sha256_file(path) if path.is_file() else f"unknown ({path} is gone)"
+    return {**record, "sentences": BUNDLED_SENTENCES if path == SENTENCES else str(path), "sentences_sha256": digest}
+
+
 def read_sentences(path: str | Path = SENTENCES) -> list[str]:
     """The corpus sentences: stripped, non-empty, unique, in file order."""
     seen: dict[str, None] = {}
@@ -83,7 +122,7 @@ def plan_corpus(cfg: SynthConfig) -> list[ClipJob]:
     their own split.
     """
     rng = random.Random(cfg.seed)
-    sentences = read_sentences(cfg.sentences)
+    sentences = read_sentences(sentences_file(cfg.sentences))
     rng.shuffle(sentences)
     used = sentences[: min(cfg.clips, len(sentences))]
     bounds, start = {}, 0
@@ -130,9 +169,9 @@ def render_clip(job: ClipJob, clips_dir: Path) -> int:
     speech = soxr.resample(speech, rate, CLIP_RATE)
     noise = np.random.default_rng(job.index).standard_normal(len(speech)).astype(np.float32)
     speech = np.clip(speech * 0.9 + noise * 10 ** (NOISE_DB / 20), -1, 1)
-    tmp = out.with_suffix(".tmp.mp3")
-    sf.write(str(tmp), speech, CLIP_RATE, format="MP3")
-    os.replace(tmp, out)
+    encoded = io.BytesIO()  # the same bytes as sf.write to a path gives (checked with libsndfile 1.2)
+    sf.write(encoded, speech, CLIP_RATE, format="MP3")
+    write_atomic(out, encoded.getvalue())
     return round(len(speech) / CLIP_RATE * 1000)
 
 
@@ -151,19 +190,13 @@ def synthesize(out: str | Path, cfg: SynthConfig = SynthConfig(), workers: int |
         raise UserError("espeak-ng is not installed: run `make setup` (or apt-get install espeak-ng)")
     out = Path(out)
     clips_dir = out / "clips"
-    stamp = out / "synth.json"
-    wanted = asdict(cfg)
-    if stamp.exists():
-        found = json.loads(stamp.read_text())
-        if found != wanted:
-            raise ValueError(
-                f"{out} holds a corpus made with {found}, not {wanted}; pick another --out or delete it"
-            )
-        if (out / ".completed").exists():
-            print(f"{out}: corpus already complete ({cfg.clips} clips) - skipping")
-            return out
+    record = corpus_record(cfg)
+    resumed = claim_folder(out, RECORD_NAME, record, "a corpus", comparable=_compared, upgrade=_upgrade_record)
+    if resumed and (out / ".completed").exists():
+        print(f"{out}: corpus already complete ({cfg.clips} clips) - skipping")
+        return out
     clips_dir.mkdir(parents=True, exist_ok=True)
-    stamp.write_text(json.dumps(wanted, indent=2))
+    remove_dead_temp_files(clips_dir)  # clips a killed run was writing
 
     jobs = plan_corpus(cfg)
     durations: dict[int, int] = {}
@@ -180,11 +213,12 @@ def synthesize(out: str | Path, cfg: SynthConfig = SynthConfig(), workers: int |
         _write_tsv(out / f"{name}.tsv", split_rows)
     _write_tsv(out / "validated.tsv", [r for name in cfg.splits for r in rows[name]])
     _write_lines(out / "clip_durations.tsv", ["clip\tduration[ms]"] + [f"{clip_name(j.index)}\t{durations[j.index]}" for j in jobs])
-    (out / "README.md").write_text(
+    write_atomic(
+        out / "README.md",
         "Synthetic Swedish speech corpus made by whisper-sv synth with espeak-ng from CC0 Common Voice\n"
-        f"sentences (data/sv_sentences.txt). Config: {json.dumps(wanted)}\n"
+        f"sentences (data/sv_sentences.txt). Config: {json.dumps(record)}\n",
     )
-    (out / ".completed").touch()
+    write_atomic(out / ".completed", b"")  # last, after everything above is on disk
     return out
 
 
@@ -212,16 +246,13 @@ def _write_tsv(path: Path, rows: list[list[str]]) -> None:
 
 
 def _write_lines(path: Path, lines: list[str]) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_atomic(path, "\n".join(lines) + "\n")
 
 
 def add_cli(sub) -> None:
     """Register ``whisper-sv synth``."""
     p = sub.add_parser("synth", help="build the offline synthetic Swedish corpus (Common Voice layout)")
     p.add_argument("--out", required=True, help="folder to write (clips/ + train/dev/test/validated.tsv)")
-    p.add_argument("--clips", type=int, default=SynthConfig.clips, help="number of clips (default %(default)s)")
-    p.add_argument("--seed", type=int, default=SynthConfig.seed, help="random seed (default %(default)s)")
     p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
-    p.set_defaults(func=lambda a: print(synthesize(a.out, SynthConfig(clips=a.clips, seed=a.seed), a.workers)))
+    add_options(p, SynthConfig, title="corpus (saved as synth.json; a re-run must ask for the same)")
+    p.set_defaults(func=lambda a: print(synthesize(a.out, build(SynthConfig, options_from(a, SynthConfig)), a.workers)))

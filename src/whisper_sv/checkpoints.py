@@ -1,0 +1,75 @@
+"""Which checkpoints of a run folder are whole, and which one a resumed run starts from.
+
+The Trainer writes ``checkpoint-N/`` file by file; a process killed in the middle leaves a folder
+that looks like a checkpoint and is not. So after the Trainer finishes one, `mark_complete`
+records the sizes of the files a resume needs in ``whisper_sv_complete.json``; a folder without
+a marker that matches is never resumed from, and `resume_checkpoint` moves it out of the way.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import time
+from pathlib import Path
+
+from .fileio import write_atomic
+
+log = logging.getLogger(__name__)
+
+COMPLETE_MARKER = "whisper_sv_complete.json"
+CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+# What a checkpoint needs to resume exactly: weights, optimizer, scheduler, RNG, trainer state.
+CHECKPOINT_FILES = ("model.safetensors", "optimizer.pt", "scheduler.pt", "trainer_state.json")
+
+
+def complete_checkpoints(run_dir: Path) -> list[Path]:
+    """Checkpoints of `run_dir` that were finished, oldest first."""
+    found = []
+    for p in run_dir.glob("checkpoint-*"):
+        m = CHECKPOINT_RE.match(p.name)
+        if m and p.is_dir() and _is_complete(p):
+            found.append((int(m.group(1)), p))
+    return [p for _, p in sorted(found)]
+
+
+def _is_complete(ckpt: Path) -> bool:
+    if not (ckpt / COMPLETE_MARKER).is_file():
+        return False
+    try:
+        marker = json.loads((ckpt / COMPLETE_MARKER).read_text())
+    except ValueError:
+        return False
+    sizes = marker.get("sizes", {})
+    return all((ckpt / f).is_file() and (ckpt / f).stat().st_size == sizes.get(f) for f in sizes) and bool(sizes)
+
+
+def set_aside_incomplete(run_dir: Path) -> list[Path]:
+    """Move checkpoint folders without a valid completion marker out of the Trainer's way.
+
+    They are renamed to ``incomplete-checkpoint-N-<time>`` (not deleted: a user may want to look),
+    so neither resuming nor the Trainer's checkpoint rotation ever picks them up.
+    """
+    moved = []
+    for p in sorted(run_dir.glob("checkpoint-*")):
+        if CHECKPOINT_RE.match(p.name) and p.is_dir() and not _is_complete(p):
+            dest = run_dir / f"incomplete-{p.name}-{int(time.time())}"
+            os.rename(p, dest)
+            log.warning("%s was half-written when the last run died; moved to %s", p.name, dest.name)
+            moved.append(dest)
+    return moved
+
+
+def resume_checkpoint(run_dir: Path) -> str | None:
+    """The last complete checkpoint to resume from, or None; half-written ones are set aside first."""
+    set_aside_incomplete(run_dir)
+    done = complete_checkpoints(run_dir)
+    return str(done[-1]) if done else None
+
+
+def mark_complete(ckpt: Path) -> None:
+    """Write `ckpt`'s completion marker: the sizes of the files a resume reads."""
+    sizes = {f: (ckpt / f).stat().st_size for f in CHECKPOINT_FILES if (ckpt / f).is_file()}
+    write_atomic(ckpt / COMPLETE_MARKER, json.dumps({"sizes": sizes, "time": time.time()}))
