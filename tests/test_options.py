@@ -120,3 +120,13 @@ def test_transcribe_reaches_every_decoding_option_including_the_temperature_fall
     assert options == InferenceOptions(temperatures=(0.0, 0.4), min_window_s=20.0)
     with pytest.raises(ValueError, match="temperatures"):
         build(InferenceOptions, {"temperatures": [-1]})
+
+
+def test_features_flags_are_the_feature_config_fields():
+    from whisper_sv.cli import build_parser
+    from whisper_sv.feature_config import FeatureConfig
+
+    args = build_parser().parse_args(["features", "--source", "cv:x", "--split", "dev", "--out", "o",
+                                      "--smoothing", '{"kind": "median", "ksize": 5}', "--shard-size", "3", "--n-mels", "null"])
+    assert options_from(args, FeatureConfig, skip=("source", "split")) == {"smoothing": {"kind": "median", "ksize": 5}, "shard_size": 3, "n_mels": None}
+    assert (args.source, args.split) == ("cv:x", "dev")  # where the clips come from: the run's, not the config's

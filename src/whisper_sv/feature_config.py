@@ -32,15 +32,17 @@ class FeatureConfig:
     source: str = ""
     split: str = "train"
     model: str = DEFAULT_MODEL  # tokenizer (and n_mels) source: any model spec
-    language: str = LANGUAGE
-    task: str = TASK
-    n_mels: int | None = None
+    language: str = LANGUAGE  # the language token of the labels
+    task: str = TASK  # transcribe or translate
+    n_mels: int | None = None  # mel bins; null: what the model uses (80, or 128 for large-v3)
     max_seconds: float = 30.0  # Whisper's window; longer clips are dropped, never truncated
     max_label_tokens: int = 448  # decoder positions, prefix and <|endoftext|> included
-    shard_size: int = 500
+    shard_size: int = 500  # clips per Parquet shard (the unit of work, resume and hashing)
+    # OpenCV smoothing of the log-mel image: none, gaussian, median, bilateral, or a JSON object
+    # such as {"kind": "median", "ksize": 5}; null: none.
     smoothing: Smoothing | None = None
-    audio_column: str = "audio"
-    text_column: str | None = None
+    audio_column: str = "audio"  # audio column of a Hub dataset
+    text_column: str | None = None  # transcript column of a Hub dataset; null: sentence, text, ...
     format_version: int = FORMAT_VERSION
 
     def __post_init__(self):

@@ -52,7 +52,8 @@ from .feature_store import (
 )
 from .fileio import differing_keys, pid_is_alive, remove_dead_temp_files, write_atomic, write_json
 from .logmel import log_mel, smooth_log_mel
-from .models import DEFAULT_MODEL, LANGUAGE, TASK, model_errors, resolve_model
+from .models import LANGUAGE, TASK, model_errors, resolve_model
+from .options import add_options, options_from
 from .shard_format import FORMATS, ShardRow, shard_bytes
 from .sources import Example, decode_example, iter_examples, open_source
 
@@ -390,36 +391,30 @@ def _progress(total: int | None, enabled: bool, skipped: int):
 # CLI.
 
 
+# FeatureConfig fields that are not flags: where the clips come from is the run's --source/--split,
+# and the shard format is the store's own.
+NOT_FLAGS = ("source", "split", "format_version")
+
+
 def add_cli(sub) -> None:
     """Register ``whisper-sv features``."""
     p = sub.add_parser("features", help="audio -> exact Whisper log-mel feature store (Parquet), resumable")
     p.add_argument("--source", required=True, help="cv:PATH (Common Voice layout, or the synthetic corpus) or hf:ID[:CONFIG]")
     p.add_argument("--split", required=True, help="split name: train, dev, test, validated (cv) or the Hub split")
     p.add_argument("--out", required=True, help="feature store folder (created; resumed if it exists)")
-    p.add_argument("--config", help="JSON file of FeatureConfig fields (flags below override it)")
-    p.add_argument("--model", help=f"model spec whose tokenizer and n_mels to use (default {DEFAULT_MODEL})")
+    p.add_argument("--config", help="JSON file of FeatureConfig fields (the flags below override it)")
     p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
-    p.add_argument("--shard-size", type=int, default=None, help="clips per shard (default 500)")
     p.add_argument("--shard-index", type=int, default=0, help="this machine's index when several share a source")
     p.add_argument("--num-shards", type=int, default=1, help="how many machines share the source")
-    p.add_argument("--audio-column", help="audio column of a Hub dataset (default audio)")
-    p.add_argument("--text-column", help="transcript column of a Hub dataset (default: sentence, text, ...)")
-    p.add_argument("--smoothing", choices=["none", "gaussian", "median", "bilateral"], help="OpenCV filter with default parameters (use --config for others)")
     p.add_argument("--push-to-hub", metavar="REPO", help="upload the finished store to this Hub dataset repo")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_options(p, FeatureConfig, skip=NOT_FLAGS, title="feature config (saved as feature_config.json)")
     p.set_defaults(func=_cli)
 
 
 def _cli(args: argparse.Namespace) -> int:
     config = FeatureConfig.from_json(args.config) if args.config else FeatureConfig()
-    overrides = {
-        "model": args.model,
-        "shard_size": args.shard_size,
-        "audio_column": args.audio_column,
-        "text_column": args.text_column,
-        "smoothing": args.smoothing,
-    }
-    config = dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
+    config = dataclasses.replace(config, **options_from(args, FeatureConfig, skip=NOT_FLAGS))  # checked by FeatureConfig
     # A user error (ConfigMismatch, StoreBusy, a bad --source, ...) is printed as one line by cli.main.
     summary = build_features(
         args.source, args.split, args.out, config, workers=args.workers, shard_index=args.shard_index,

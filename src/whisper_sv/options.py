@@ -117,10 +117,10 @@ def add_options(parser: argparse.ArgumentParser, cls: type, *, skip: tuple[str, 
             group.add_argument(flag, dest=f.name, default=argparse.SUPPRESS, type=convert, help=argparse.SUPPRESS, **kwargs)
 
 
-def options_from(args: argparse.Namespace, cls: type) -> dict[str, Any]:
-    """The fields of `cls` that were given on the command line, by name."""
+def options_from(args: argparse.Namespace, cls: type, *, skip: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The fields of `cls` (but `skip`, as given to `add_options`) that were given on the command line, by name."""
     given = vars(args)
-    return {f.name: given[f.name] for f in dataclasses.fields(cls) if f.name in given}
+    return {f.name: given[f.name] for f in dataclasses.fields(cls) if f.name in given and f.name not in skip}
 
 
 def env_options(cls: type, prefix: str, environ: Mapping[str, str], *,
