@@ -10,6 +10,9 @@ TORCHCODEC ?= torchcodec==0.13.*
 # chromium: the browser test drives Debian's Chromium with Playwright (never `playwright install`).
 # postgresql: the search test starts a throw-away PostgreSQL cluster on a loopback port.
 DEB_PACKAGES ?= espeak-ng ffmpeg chromium postgresql
+# MBROLA's Swedish voices (synth --voices mbrola) live in Debian's contrib/non-free and Ubuntu's
+# multiverse: tools/setup_mbrola.sh enables those in a sources file of its own, or says in one line
+# why it cannot and lets setup carry on with espeak-ng alone.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 STAMP := build/.setup-done
 
@@ -17,12 +20,13 @@ STAMP := build/.setup-done
 
 setup: $(STAMP)
 
-$(STAMP): requirements.txt pyproject.toml Makefile
+$(STAMP): requirements.txt pyproject.toml Makefile tools/setup_mbrola.sh
 	@missing=""; for p in $(DEB_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 		echo "installing Debian packages:$$missing"; \
 		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
 	else echo "Debian packages present: $(DEB_PACKAGES)"; fi
+	@bash tools/setup_mbrola.sh
 	$(PIP) install -q --disable-pip-version-check "$(TORCH)" "$(TORCHCODEC)"
 	$(PIP) install -q --disable-pip-version-check -r requirements.txt -e .
 	$(PIP) install -q --disable-pip-version-check playwright  # tests only; drives /usr/bin/chromium

@@ -25,7 +25,8 @@ import numpy as np
 
 from whisper_sv.audio import SAMPLE_RATE, load_audio
 from whisper_sv.metrics import wer_report
-from whisper_sv.synth import VOICES, ClipJob, read_sentences, render_clip
+from whisper_sv.synth import ClipJob, read_sentences, render_clip
+from whisper_sv.voices import ESPEAK_VOICES
 
 OUT = Path(__file__).resolve().parent / "out"
 LENGTHS = (5, 60)  # seconds
@@ -41,7 +42,7 @@ def speech_of_length(seconds: float, folder: Path, seed: int = 0) -> tuple[np.nd
     target = int(seconds * SAMPLE_RATE)
     parts, words, total = [], [], 0
     for i in rng.permutation(len(sentences)):
-        job = ClipJob(int(i), "bench", sentences[i], VOICES[int(i) % 4], 160, 50)  # the 4 plain voices
+        job = ClipJob(int(i), "bench", sentences[i], ESPEAK_VOICES[int(i) % 4], 160, 50)  # the 4 plain voices
         render_clip(job, folder)
         clip = load_audio(folder / f"common_voice_sv-SE_{int(i):08d}.mp3")
         pause = int(PAUSE_S * SAMPLE_RATE)

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from whisper_sv.models import PACKAGED_BASE
+from whisper_sv.sources import iter_common_voice
 
 
 @pytest.mark.slow
@@ -72,3 +73,62 @@ def test_export_refuses_unknown_quantization_and_foreign_folders(tmp_path):
     (tmp_path / "busy" / "notes.txt").write_text("mine")
     with pytest.raises(FileExistsError, match="not an export"):
         export_ct2(PACKAGED_BASE, tmp_path / "busy")
+
+
+# ---------------------------------------------------------------------------------------------
+# Per speaker and per voice family (issue #11).
+
+
+def test_per_speaker_and_per_family_counts_add_up_to_the_totals():
+    from whisper_sv.evaluate import score
+    from whisper_sv.metrics import wer_report
+
+    cv_speaker = "3f" * 64  # a Common Voice client_id: a hex hash
+    rows = [
+        {"id": "a", "speaker": "espeak-sv-m1", "reference": "Får jag, sa hon?", "hypothesis": "far jag sa hon"},
+        {"id": "b", "speaker": "espeak-sv-f2", "reference": "Det är bra.", "hypothesis": "det e bra"},
+        {"id": "c", "speaker": "mbrola-sw1", "reference": "Ett två tre fyra.", "hypothesis": "ett två tre fyra fem"},
+        {"id": "d", "speaker": "mbrola-sw1", "reference": "Hej!", "hypothesis": ""},
+        {"id": "e", "speaker": cv_speaker, "reference": "Vi ses i morgon.", "hypothesis": "vi ses i morgon"},
+        {"id": "f", "speaker": "", "reference": "...", "hypothesis": "brus"},  # empty once normalised: not scored
+        {"id": "g", "speaker": "", "reference": "Han läser en bok.", "hypothesis": "han läste en bok"},
+    ]
+    report = score(rows)
+    assert {k: report[k] for k in ("wer", "cer", "n")} == {k: v for k, v in wer_report(
+        [r["reference"] for r in rows], [r["hypothesis"] for r in rows]).items() if k != "wer_ortho"}
+    assert report["wer"] == report["word_errors"] / report["words"] and report["cer"] == report["char_errors"] / report["chars"]
+    assert set(report["speakers"]) == {"espeak-sv-m1", "espeak-sv-f2", "mbrola-sw1", cv_speaker, ""}
+    assert {s: g["family"] for s, g in report["speakers"].items()} == {
+        "espeak-sv-m1": "espeak", "espeak-sv-f2": "espeak", "mbrola-sw1": "mbrola", cv_speaker: "cv", "": ""}
+    assert set(report["families"]) == {"espeak", "mbrola", "cv", ""}
+    for groups in (report["speakers"], report["families"]):
+        for key in ("word_errors", "words", "char_errors", "chars", "n"):
+            assert sum(g[key] for g in groups.values()) == report[key if key != "n" else "n"], key
+        for g in groups.values():
+            assert g["wer"] == g["word_errors"] / g["words"]
+    assert report["speakers"]["mbrola-sw1"]["n"] == 2 and report["families"]["espeak"]["words"] == 7
+
+
+def test_an_old_format_store_evaluates_with_speaker_unknown(sv_corpus, tmp_path):
+    """A store written before the speaker column (format 2) evaluates, every clip under speaker "";
+    today's store of the same clips names the espeak speakers."""
+    import dataclasses
+
+    from whisper_sv.evaluate import evaluate, iter_inputs
+    from whisper_sv.feature_config import FeatureConfig
+    from whisper_sv.feature_store import FeatureStore
+    from whisper_sv.features import build_features
+    from whisper_sv.models import RANDOM_TINY
+
+    config = FeatureConfig(model=PACKAGED_BASE, shard_size=4)
+    for version in (2, 3):
+        store = tmp_path / f"v{version}"
+        build_features(f"cv:{sv_corpus}", "test", store, dataclasses.replace(config, format_version=version), workers=1, progress=False)
+        assert FeatureStore(store).config.format_version == version
+    report = evaluate(RANDOM_TINY, str(tmp_path / "v2"), out=tmp_path / "v2.json", batch_size=6, device="cpu")
+    assert list(report["speakers"]) == [""] and report["speakers"][""]["n"] == report["n"] == 6
+    assert list(report["families"]) == [""] and report["families"][""]["words"] == report["words"] > 0
+    assert [r["speaker"] for r in csv.DictReader((tmp_path / "v2.csv").open(encoding="utf-8"))] == [""] * 6
+    speakers = [speaker for *_, speaker in iter_inputs(str(tmp_path / "v3"), "test", 80, [])]
+    planned = {r.id: r.speaker for r in iter_common_voice(sv_corpus, "test")}
+    assert speakers == list(planned.values()) and all(s.startswith("espeak-sv") for s in speakers)

@@ -120,7 +120,7 @@ def test_a_shard_holds_typed_rows_and_reads_them_back(tmp_path):
     rng = np.random.default_rng(0)
     rows = [
         ShardRow(f"clip{i}.mp3", f"Mening {i}.", 0.5 + i, rng.standard_normal((80, 3 + i)).astype(np.float16), 3 + i, -0.5 - i,
-                 [50258, 100 + i, 50257])
+                 [50258, 100 + i, 50257], f"mbrola-sw{i}")
         for i in range(3)
     ]
     (tmp_path / "new.parquet").write_bytes(shard_bytes(rows, 80))
@@ -129,10 +129,16 @@ def test_a_shard_holds_typed_rows_and_reads_them_back(tmp_path):
     for row, back in zip(rows, (ShardRow.from_record(r) for r in table.to_pylist())):
         assert np.array_equal(back.input_features, row.input_features)
         assert dataclasses.replace(back, input_features=None) == dataclasses.replace(row, input_features=None)
-    # Format 1 named the clip id column `path`; it reads back under today's name.
+    # Format 1 named the clip id column `path`; it reads back under today's name. Formats 1 and 2
+    # have no speaker column; it reads back as "".
     (tmp_path / "old.parquet").write_bytes(shard_bytes(rows, 80, format_version=1))
-    assert pq.read_schema(tmp_path / "old.parquet").names == ["path", *COLUMNS[1:]]
+    assert pq.read_schema(tmp_path / "old.parquet").names == ["path", *COLUMNS[1:-1]]
     assert read_shard(tmp_path / "old.parquet", columns=["clip_id"]).column("clip_id").to_pylist() == [r.clip_id for r in rows]
+    (tmp_path / "v2.parquet").write_bytes(shard_bytes(rows, 80, format_version=2))
+    assert pq.read_schema(tmp_path / "v2.parquet").names == list(COLUMNS[:-1])
+    for old in ("old.parquet", "v2.parquet"):
+        back = [ShardRow.from_record(r) for r in read_shard(tmp_path / old).to_pylist()]
+        assert [r.speaker for r in back] == [""] * 3 and [r.clip_id for r in back] == [r.clip_id for r in rows]
     with pytest.raises(ValueError, match=r"expected \(80, 4\)"):  # features that do not match n_frames
         shard_bytes([dataclasses.replace(rows[0], n_frames=4)], 80)
 
@@ -152,6 +158,7 @@ def test_a_store_written_before_the_clip_id_column_still_reads_and_resumes_in_it
     for line in (out / "manifest.jsonl").read_text().splitlines():
         entry, shard = json.loads(line), out / json.loads(line)["shard"]
         table = pq.read_table(shard)
+        table = table.drop_columns(["speaker"])  # format 3's column
         pq.write_table(table.rename_columns(["path" if n == "clip_id" else n for n in table.column_names]), shard,
                        compression="zstd", row_group_size=64)
         lines.append({**entry, "sha256": hashlib.sha256(shard.read_bytes()).hexdigest()})
@@ -162,6 +169,7 @@ def test_a_store_written_before_the_clip_id_column_still_reads_and_resumes_in_it
     store = FeatureStore(out)
     assert store.config.format_version == 1 and kept > 0
     assert [r["clip_id"] for r in store.dataset()] == [r.clip_id for r in store.rows()] == ids[:kept]
+    assert [r["speaker"] for r in store.dataset()] == [""] * kept  # a column format 3 added
     assert [clip_id for clip_id, *_ in iter_inputs(str(out), "test", 80, [])] == ids[:kept]  # evaluation reads it
 
     again = build_features(f"cv:{sv_corpus}", "test", out, FeatureConfig(model=PACKAGED_BASE, shard_size=2), workers=1, progress=False)

@@ -25,17 +25,18 @@ from whisper_sv.inference import (
 from whisper_sv.logmel import log_mel
 from whisper_sv.metrics import normalize_sv, wer_report
 from whisper_sv.synth import ClipJob, render_clip
+from whisper_sv.voices import VOICES_BY_ID
 
 from helpers import SENTENCE, render_test_clip
 
-VOICE, RATE, PITCH = "sv+m3", 150, 50
+VOICE, RATE, PITCH = "espeak-sv-m3", 150, 50
 OTHER = ("Vi ses i morgon bitti.", "Ja, se på mig.", "Vill du se något mer?", "Han läser en bok varje kväll.")
 
 
 def speak(sentence: str, folder: Path, index: int, voice: str = VOICE) -> Path:
-    """espeak-ng Swedish, 48 kHz MP3 as in the synthetic corpus."""
+    """espeak-ng Swedish (`voice` a speaker id), 48 kHz MP3 as in the synthetic corpus."""
     folder.mkdir(parents=True, exist_ok=True)
-    render_clip(ClipJob(index, "test", sentence, voice, RATE, PITCH), folder)
+    render_clip(ClipJob(index, "test", sentence, VOICES_BY_ID[voice], RATE, PITCH), folder)
     return next(folder.glob(f"*{index:08d}.mp3"))
 
 

@@ -69,7 +69,7 @@ def test_parse_source():
         parse_source("somewhere")
 
 
-def _parquet_dataset(tmp_path, sv_corpus, text_column="transcription"):
+def _parquet_dataset(tmp_path, sv_corpus, text_column="transcription", **columns):
     import datasets
 
     clips = sorted((sv_corpus / "clips").iterdir())[:3]
@@ -77,6 +77,7 @@ def _parquet_dataset(tmp_path, sv_corpus, text_column="transcription"):
         "id": ["a", "b", "c"],
         "audio": [{"bytes": p.read_bytes(), "path": p.name} for p in clips],
         text_column: ["En.", "Två.", "Tre."],
+        **columns,
     }).cast_column("audio", datasets.Audio())
     (tmp_path / "hf" / "data").mkdir(parents=True)
     ds.to_parquet(str(tmp_path / "hf" / "data" / "test-00000-of-00001.parquet"))
@@ -91,6 +92,13 @@ def test_hub_source_streams_local_parquet(tmp_path, sv_corpus):
     from whisper_sv.audio import load_audio
 
     np.testing.assert_array_equal(got[0].audio, load_audio(clips[0]))
+    assert [c.speaker for c in got] == ["", "", ""]  # no speaker column: unknown
+
+
+@pytest.mark.parametrize("column", ["client_id", "speaker_id"])
+def test_hub_source_names_the_speaker(tmp_path, sv_corpus, column):
+    folder, _ = _parquet_dataset(tmp_path, sv_corpus, **{column: ["ab" * 32, "", "7"]})
+    assert [e.speaker for e in iter_examples(f"hf:{folder}", "test")] == ["ab" * 32, "", "7"]
 
 
 def test_hub_source_unknown_columns_say_which_flag(tmp_path, sv_corpus):

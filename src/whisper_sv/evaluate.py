@@ -3,7 +3,9 @@
 Data is a feature store folder (the exact inputs training saw) or a source spec (``cv:``/``hf:``),
 decoded with the shared loader and turned into features by the same `log_mel` as the store, so a
 figure from either path means the same thing. Generation is batched, greedy by default, with
-Swedish and transcription forced.
+Swedish and transcription forced. Beside the totals, the report scores each speaker and each voice
+family (issue #11: ``espeak``, ``mbrola``, ``cv`` for Common Voice's speakers; `voices.voice_family`),
+so a model that learns the synthetic voices and forgets real speech shows it.
 """
 
 from __future__ import annotations
@@ -24,9 +26,10 @@ from .errors import UserError
 from .feature_store import CONFIG_NAME, FeatureStore
 from .fileio import write_atomic, write_json
 from .logmel import log_mel, pad_features
-from .metrics import normalize_sv, wer_report
+from .metrics import grouped_scores, normalize_sv, utterance_counts, wer_report
 from .models import DEFAULT_MODEL, load_model
 from .sources import iter_clips, open_source
+from .voices import voice_family
 
 BATCH_SIZE = 16
 
@@ -47,8 +50,8 @@ def check_data(data: str, split: str) -> None:
     open_source(data, split)
 
 
-def iter_inputs(data: str, split: str, n_mels: int, skipped: list[dict]) -> Iterator[tuple[str, str, np.ndarray, int]]:
-    """``(id, reference, features (n_mels, 3000) float32, n_frames)`` from a store or a source spec.
+def iter_inputs(data: str, split: str, n_mels: int, skipped: list[dict]) -> Iterator[tuple[str, str, np.ndarray, int, str]]:
+    """``(id, reference, features (n_mels, 3000) float32, n_frames, speaker)`` from a store or a source spec.
 
     Clips that cannot be scored (unreadable, over 30 s) are appended to `skipped` with the reason.
     """
@@ -57,14 +60,14 @@ def iter_inputs(data: str, split: str, n_mels: int, skipped: list[dict]) -> Iter
             compact = row.input_features.astype(np.float32)
             if compact.shape[0] != n_mels:
                 raise UserError(f"{data} holds {compact.shape[0]}-mel features; the model takes {n_mels}: evaluate it on a source spec")
-            yield row.clip_id, row.sentence, pad_features(compact, row.n_frames, row.pad_value), row.n_frames
+            yield row.clip_id, row.sentence, pad_features(compact, row.n_frames, row.pad_value), row.n_frames, row.speaker
         return
     for clip in iter_clips(data, split, max_seconds=CHUNK_LENGTH):
         if clip.error is not None:
             skipped.append({"id": clip.id, "reason": clip.error})
             continue
         compact, n_frames, pad_value = log_mel(clip.audio, n_mels)
-        yield clip.id, clip.sentence, pad_features(compact, n_frames, pad_value), n_frames
+        yield clip.id, clip.sentence, pad_features(compact, n_frames, pad_value), n_frames, clip.speaker
 
 
 def evaluate(
@@ -79,9 +82,12 @@ def evaluate(
 ) -> dict:
     """Transcribe `split` of `data` with `model`; returns (and writes to `out`) the report.
 
-    Report: ``wer``, ``wer_ortho``, ``cer`` (fractions), ``n``, ``skipped``, ``model``, ``data``,
-    ``split``, ``seconds``. Beside ``out`` (``report.json``) goes ``report.csv`` with
-    id, reference, hypothesis and their normalised forms, one row per utterance.
+    Report: ``wer``, ``wer_ortho``, ``cer`` (fractions), ``n``, the edit counts behind them
+    (``word_errors``, ``words``, ``char_errors``, ``chars``), ``speakers`` and ``families`` (the
+    same counts, ``wer`` and ``cer`` per speaker id and per voice family; "" is a source that
+    names no speaker), ``skipped``, ``model``, ``data``, ``split``, ``seconds``. Beside ``out``
+    (``report.json``) goes ``report.csv`` with id, speaker, reference, hypothesis and their
+    normalised forms, one row per utterance.
     """
     import torch  # seconds to import: the CLI's --help and check_data do not need it
 
@@ -93,12 +99,12 @@ def evaluate(
     n_mels = net.config.num_mel_bins
     skipped: list[dict] = []
     rows: list[dict] = []
-    batch: list[tuple[str, str, np.ndarray, int]] = []
+    batch: list[tuple[str, str, np.ndarray, int, str]] = []
 
     def flush():
         budget = token_budget(max(b[3] for b in batch))
         texts = generate_texts(net, processor, np.stack([b[2] for b in batch]), beam_size, budget)
-        rows.extend({"id": i, "reference": r, "hypothesis": h} for (i, r, _, _), h in zip(batch, texts))
+        rows.extend({"id": i, "speaker": s, "reference": r, "hypothesis": h} for (i, r, _, _, s), h in zip(batch, texts))
         batch.clear()
 
     with tqdm(desc=f"evaluate {Path(str(data)).name or data}:{split}", unit="utt") as bar:
@@ -115,8 +121,7 @@ def evaluate(
     if not rows:
         raise ValueError(f"no utterances could be scored in {data}:{split} ({len(skipped)} skipped)")
     report = {
-        **wer_report([r["reference"] for r in rows], [r["hypothesis"] for r in rows]),
-        "skipped": skipped, "model": model, "data": str(data), "split": split,
+        **score(rows), "skipped": skipped, "model": model, "data": str(data), "split": split,
         "seconds": round(time.perf_counter() - t0, 1),
     }
     if out is not None:
@@ -124,12 +129,26 @@ def evaluate(
     return report
 
 
+def score(rows: list[dict]) -> dict:
+    """The report's figures for `rows` (id, speaker, reference, hypothesis): the totals, then per
+    speaker and per voice family; the counts of the speakers (and of the families) add up to the totals."""
+    references, hypotheses = [r["reference"] for r in rows], [r["hypothesis"] for r in rows]
+    counts = utterance_counts(references, hypotheses)
+    totals = {k: v for k, v in grouped_scores(counts, [""] * len(rows))[""].items() if k not in ("wer", "cer", "n")}
+    speakers = grouped_scores(counts, [r["speaker"] for r in rows])
+    return {
+        **wer_report(references, hypotheses), **totals,
+        "families": grouped_scores(counts, [voice_family(r["speaker"]) for r in rows]),
+        "speakers": {s: {"family": voice_family(s), **figures} for s, figures in speakers.items()},
+    }
+
+
 def write_report(report: dict, rows: list[dict], out: Path) -> None:
     """``out`` (JSON) and ``out`` with .csv (per utterance), each written atomically."""
     out.parent.mkdir(parents=True, exist_ok=True)
     write_json(out, report, ensure_ascii=False)
     table = io.StringIO(newline="")
-    w = csv.DictWriter(table, ["id", "reference", "hypothesis", "reference_norm", "hypothesis_norm"])
+    w = csv.DictWriter(table, ["id", "speaker", "reference", "hypothesis", "reference_norm", "hypothesis_norm"])
     w.writeheader()
     for r in rows:
         w.writerow({**r, "reference_norm": normalize_sv(r["reference"]), "hypothesis_norm": normalize_sv(r["hypothesis"])})
@@ -151,5 +170,7 @@ def add_cli(sub) -> None:
 
 def _run_cli(args) -> int:
     report = evaluate(args.model, args.data, args.split, args.out, args.batch_size, args.beam_size, args.max_samples)
-    print(json.dumps({k: v for k, v in report.items() if k != "skipped"} | {"skipped": len(report["skipped"])}, ensure_ascii=False))
+    # Per speaker only in the report file: a Common Voice split has thousands of them.
+    shown = {k: v for k, v in report.items() if k not in ("skipped", "speakers")}
+    print(json.dumps(shown | {"speakers": len(report["speakers"]), "skipped": len(report["skipped"])}, ensure_ascii=False))
     return 0

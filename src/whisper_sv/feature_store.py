@@ -8,7 +8,8 @@ Layout::
     OUT/{split}-{k:05d}.parquet       one `shard_format.ShardRow` per kept clip: clip_id, sentence,
                                       duration (s, float32), input_features (float16, n_mels x
                                       n_frames: only the frames that hold audio), n_frames (int32),
-                                      pad_value (float32: the clip's floor), labels (int32)
+                                      pad_value (float32: the clip's floor), labels (int32),
+                                      speaker (the source's speaker id; format 3 on)
     OUT/{split}-{k:05d}.rejects.jsonl the shard's dropped clips: id, reason, detail
     OUT/rejects.tsv                   every reject of the committed shards, rebuilt at the end of a run
     OUT/.manifest.lock                held by the run writing manifest.jsonl (.manifest-{i}-of-{n}.lock

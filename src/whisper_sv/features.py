@@ -241,7 +241,7 @@ def process_shard(index: int, examples: list, labels: list[list[int]], out: Path
         compact, n_frames = smooth_log_mel(compact, n_frames, pad_value, config.smoothing)
         rows.append(ShardRow(
             clip_id=ex.id, sentence=ex.sentence, duration=len(audio) / SAMPLE_RATE, input_features=compact.astype(np.float16),
-            n_frames=n_frames, pad_value=pad_value, labels=ids,
+            n_frames=n_frames, pad_value=pad_value, labels=ids, speaker=ex.speaker,
         ))
 
     name = f"{config.split}-{index:05d}"

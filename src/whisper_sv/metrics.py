@@ -3,6 +3,8 @@
 Whisper's `BasicTextNormalizer` by default strips diacritics, which merges Swedish words that differ
 only in å/ä/ö ("får" and "far", "här" and "har"). Those are letters in Swedish, not accents, so the
 normalised WER here keeps them: lower case, punctuation and symbols removed, whitespace collapsed.
+Per-utterance edit counts (`utterance_counts`) add up to the WER and CER of any group of
+utterances (`grouped_scores`): evaluation's figures per speaker and per voice family.
 """
 
 from __future__ import annotations
@@ -50,10 +52,20 @@ def wer_report(references: Sequence[str], hypotheses: Sequence[str]) -> dict[str
 
 
 def utterance_errors(references: Sequence[str], hypotheses: Sequence[str]) -> list[tuple[int, int]]:
-    """Per utterance ``(word errors, reference words)`` after `normalize_sv`.
+    """Per utterance ``(word errors, reference words)`` after `normalize_sv` (`utterance_counts`).
 
     Summed over utterances with words, errors / words is `wer_report`'s normalised WER; the pairs
     let two systems be compared on the same clips (paired bootstrap, Wilcoxon).
+    """
+    return [(c["word_errors"], c["words"]) for c in utterance_counts(references, hypotheses)]
+
+
+def utterance_counts(references: Sequence[str], hypotheses: Sequence[str]) -> list[dict[str, int]]:
+    """Per utterance, after `normalize_sv`: ``word_errors``, ``words``, ``char_errors``, ``chars``.
+
+    Edits are substitutions + deletions + insertions, counted as `wer_report` counts them (an
+    empty reference counts nothing), so summed over any set of utterances they give that set's
+    WER and CER, and summed over all, the corpus's.
     """
     import jiwer
 
@@ -61,8 +73,36 @@ def utterance_errors(references: Sequence[str], hypotheses: Sequence[str]) -> li
     for ref, hyp in zip(references, hypotheses, strict=True):
         ref, hyp = normalize_sv(ref), normalize_sv(hyp)
         if not ref:
-            out.append((0, 0))
+            out.append({"word_errors": 0, "words": 0, "char_errors": 0, "chars": 0})
             continue
-        m = jiwer.process_words(ref, hyp)
-        out.append((m.substitutions + m.deletions + m.insertions, len(ref.split())))
+        w, c = jiwer.process_words(ref, hyp), jiwer.process_characters(ref, hyp)
+        out.append({
+            "word_errors": w.substitutions + w.deletions + w.insertions,
+            "words": w.hits + w.substitutions + w.deletions,
+            "char_errors": c.substitutions + c.deletions + c.insertions,
+            "chars": c.hits + c.substitutions + c.deletions,
+        })
     return out
+
+
+def grouped_scores(counts: Sequence[dict[str, int]], groups: Sequence[str]) -> dict[str, dict[str, float | int | None]]:
+    """``{group: {"wer", "cer", "n", "word_errors", "words", "char_errors", "chars"}}`` from
+    `utterance_counts` and each utterance's group (a speaker, a voice family), groups sorted.
+
+    The counts of the groups add up to the corpus's; ``n`` counts the utterances scored (a
+    non-empty reference), and a group with none has ``wer`` and ``cer`` None.
+    """
+    sums: dict[str, dict[str, int]] = {}
+    for count, group in zip(counts, groups, strict=True):
+        total = sums.setdefault(group, {"n": 0, "word_errors": 0, "words": 0, "char_errors": 0, "chars": 0})
+        total["n"] += count["words"] > 0
+        for key, value in count.items():
+            total[key] += value
+    return {
+        group: {
+            "wer": s["word_errors"] / s["words"] if s["words"] else None,
+            "cer": s["char_errors"] / s["chars"] if s["chars"] else None,
+            **s,
+        }
+        for group, s in sorted(sums.items())
+    }

@@ -11,6 +11,10 @@ Format history (`FORMAT_VERSION`, saved in each store's ``feature_config.json``)
    column renamed to ``clip_id``), and the pipeline finishes one in its own format, so a store
    never mixes the two names.
 2. (issue #12) the same column is ``clip_id``.
+3. (issue #11) a last column, ``speaker``: the source's speaker id (`sources.Example.speaker`), so
+   evaluation can score per speaker and voice family. Stores of formats 1 and 2 read with
+   speaker "" in every row, and are finished in their own format (no ``speaker`` column), as
+   format 1 stores are.
 """
 
 from __future__ import annotations
@@ -25,9 +29,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-FORMAT_VERSION = 2  # bump when the shard layout changes, and say above how the old one is read
-FORMATS = (1, 2)  # the formats this code reads and finishes
+FORMAT_VERSION = 3  # bump when the shard layout changes, and say above how the old one is read
+FORMATS = (1, 2, 3)  # the formats this code reads and finishes
 RENAMED_COLUMNS = {"path": "clip_id"}  # format-1 name -> today's
+ADDED_COLUMNS = {"speaker": (3, "")}  # column -> (the format that added it, its value in older stores)
 
 
 @dataclass(frozen=True)
@@ -41,6 +46,7 @@ class ShardRow:
     n_frames: int  # log-mel frames kept (100 per second; smoothing may keep them all)
     pad_value: float  # the clip's floor: every frame past n_frames of the 3000-frame window
     labels: list[int]  # <|startoftranscript|><|sv|><|transcribe|><|notimestamps|> text <|endoftext|>
+    speaker: str = ""  # the source's speaker id (a voice id, a Common Voice client_id hash); "": unknown
 
     @classmethod
     def from_record(cls, record: dict[str, Any]) -> "ShardRow":
@@ -53,6 +59,7 @@ class ShardRow:
             n_frames=int(record["n_frames"]),
             pad_value=float(record["pad_value"]),
             labels=list(record["labels"]),
+            speaker=record.get("speaker") or "",
         )
 
 
@@ -62,7 +69,7 @@ COLUMNS = tuple(f.name for f in dataclasses.fields(ShardRow))
 def shard_bytes(rows: Sequence[ShardRow], n_mels: int, format_version: int = FORMAT_VERSION) -> bytes:
     """The Parquet bytes of a shard: same rows in, same bytes out (no timestamps, fixed options).
 
-    `format_version` 1 names the columns as format 1 did, for a store started in it.
+    `format_version` 1 or 2 writes the columns as that format did, for a store started in it.
     """
     if format_version not in FORMATS:
         raise ValueError(f"format_version={format_version}: this version writes shard formats {FORMATS}")
@@ -84,8 +91,10 @@ def shard_bytes(rows: Sequence[ShardRow], n_mels: int, format_version: int = FOR
         "n_frames": pa.array(n_frames),
         "pad_value": pa.array(np.array([r.pad_value for r in rows], dtype=np.float32)),
         "labels": pa.ListArray.from_arrays(pa.array(label_offsets), pa.array(label_values, pa.int32())),
+        "speaker": pa.array([r.speaker for r in rows], pa.string()),
     }
     assert tuple(columns) == COLUMNS, "a shard's columns are ShardRow's fields, in order"
+    columns = {name: column for name, column in columns.items() if ADDED_COLUMNS.get(name, (0,))[0] <= format_version}
     if format_version == 1:
         old_name = {new: old for old, new in RENAMED_COLUMNS.items()}
         columns = {old_name.get(name, name): column for name, column in columns.items()}
@@ -96,16 +105,26 @@ def shard_bytes(rows: Sequence[ShardRow], n_mels: int, format_version: int = FOR
 
 
 def read_shard(path: str | Path, columns: Sequence[str] | None = None) -> pa.Table:
-    """The shard file at `path` as an Arrow table with today's column names (`columns`: only these)."""
+    """The shard file at `path` as an Arrow table with today's columns (`columns`: only these), in
+    today's order; a column an older format lacks holds its `ADDED_COLUMNS` value."""
     stored = set(pq.read_schema(path).names)
     stored_name = {new: old for old, new in RENAMED_COLUMNS.items() if old in stored}
-    table = pq.read_table(path, columns=None if columns is None else [stored_name.get(c, c) for c in columns])
-    return table.rename_columns([RENAMED_COLUMNS.get(n, n) for n in table.column_names])
+    wanted = list(COLUMNS if columns is None else columns)
+    table = pq.read_table(path, columns=[stored_name.get(c, c) for c in wanted if stored_name.get(c, c) in stored])
+    table = table.rename_columns([RENAMED_COLUMNS.get(n, n) for n in table.column_names])
+    for name in wanted:
+        if name not in table.column_names and name in ADDED_COLUMNS:
+            table = table.append_column(name, pa.array([ADDED_COLUMNS[name][1]] * table.num_rows, pa.string()))
+    return table.select(wanted)
 
 
 def with_current_columns(dataset):
-    """`dataset` (a `datasets.Dataset` loaded from shards) with today's column names."""
+    """`dataset` (a `datasets.Dataset` loaded from shards) with today's column names, and the
+    columns an older format lacks filled with their `ADDED_COLUMNS` value."""
     for old, new in RENAMED_COLUMNS.items():
         if old in dataset.column_names:
             dataset = dataset.rename_column(old, new)
+    for name, (_, value) in ADDED_COLUMNS.items():
+        if name not in dataset.column_names:
+            dataset = dataset.add_column(name, [value] * len(dataset))
     return dataset

@@ -8,7 +8,9 @@ Specs:
 
 A source yields `Example`s whose audio is not decoded yet (a path, bytes or a decoded dict), so a
 pool of workers can decode in parallel; `decode_example` decodes one, and `iter_clips` decodes and
-reports bad clips instead of crashing. A TSV row that cannot be read (bytes that are not UTF-8, the
+reports bad clips instead of crashing. Each example names its speaker where the source does (Common
+Voice's ``client_id``, a Hub dataset's ``client_id`` or ``speaker_id``; the synthetic corpus's
+hashes read back as voice ids such as ``mbrola-sw1``), so evaluation can score per speaker. A TSV row that cannot be read (bytes that are not UTF-8, the
 wrong number of fields) is an `Example` too, carrying its reject reason and line number, so every
 row of a split is accounted for: rows written + rows rejected = rows in the TSV.
 """
@@ -27,6 +29,7 @@ import soundfile as sf
 
 from .audio import SAMPLE_RATE, AudioError, load_audio
 from .errors import UserError
+from .voices import speaker_from_client_id
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +44,8 @@ CV_SPLITS = ("train", "dev", "test", "validated", "other", "invalidated")
 
 # Text columns tried in order when a Hub dataset's is not given (CV, FLEURS, NST, generic).
 HF_TEXT_COLUMNS = ("sentence", "transcription", "text", "normalized_text", "raw_transcription")
+# Speaker columns tried in order (Common Voice's, then the usual name); none: the speaker is "".
+SPEAKER_COLUMNS = ("client_id", "speaker_id")
 # A decode this much shorter than the length the file's header declares is a truncated file: its
 # transcript covers audio that is not there. MP3 priming and padding stay well under it (~50 ms).
 TRUNCATION_SLACK_S = 0.2
@@ -51,13 +56,15 @@ class Example:
     """One utterance before decoding: `audio` is a path, encoded bytes or an audio dict.
 
     `reject` is ``(reason, detail)`` for a source row that could not be read (``bad_encoding``,
-    ``bad_row``); such an example has no audio and is rejected, not decoded.
+    ``bad_row``); such an example has no audio and is rejected, not decoded. `speaker` is the
+    source's speaker id, "" where it names none.
     """
 
     id: str
     sentence: str
     audio: Any
     reject: tuple[str, str] | None = None
+    speaker: str = ""
 
 
 @dataclass
@@ -68,6 +75,7 @@ class Clip:
     sentence: str
     audio: np.ndarray | None
     error: str | None = None
+    speaker: str = ""
 
     @property
     def duration(self) -> float:
@@ -127,9 +135,9 @@ def iter_clips(spec: str, split: str, *, max_seconds: float | None = None, **col
             audio = decode_example(ex, max_seconds=max_seconds)
         except AudioError as err:
             log.warning("skipping %s: %s", ex.id, err)
-            yield Clip(ex.id, ex.sentence, None, f"{err.reason}: {err}")
+            yield Clip(ex.id, ex.sentence, None, f"{err.reason}: {err}", ex.speaker)
             continue
-        yield Clip(ex.id, ex.sentence, audio)
+        yield Clip(ex.id, ex.sentence, audio, speaker=ex.speaker)
 
 
 def decode_example(ex: Example, max_seconds: float | None = None) -> np.ndarray:
@@ -210,6 +218,7 @@ def iter_common_voice(folder: Path, split: str) -> Iterator[Example]:
                 f"columns {list(CV_REQUIRED)}"
             )
         i_path, i_sentence = header.index("path"), header.index("sentence")
+        i_speaker = header.index("client_id") if "client_id" in header else None
         for line_no, raw in enumerate(f, start=2):
             where = f"{tsv.name}:{line_no}"
             try:
@@ -223,7 +232,8 @@ def iter_common_voice(folder: Path, split: str) -> Iterator[Example]:
                 yield Example(where, "", None, ("bad_row", f"{where}: {len(row)} fields, expected {len(header)}; row skipped"))
                 continue
             clip = row[i_path]
-            yield Example(id=clip, sentence=row[i_sentence], audio=str(folder / "clips" / clip))
+            speaker = speaker_from_client_id(row[i_speaker]) if i_speaker is not None else ""
+            yield Example(id=clip, sentence=row[i_sentence], audio=str(folder / "clips" / clip), speaker=speaker)
 
 
 def _tsv_fields(line: str) -> list[str]:
@@ -278,4 +288,5 @@ def iter_hub(
                 )
         audio = row[audio_column]
         ident = (audio.get("path") if isinstance(audio, dict) else None) or row.get("id") or f"{split}-{n:08d}"
-        yield Example(id=str(ident), sentence=str(row[text_column] or ""), audio=audio)
+        speaker = next((str(row[c]) for c in SPEAKER_COLUMNS if row.get(c) not in (None, "")), "")
+        yield Example(id=str(ident), sentence=str(row[text_column] or ""), audio=audio, speaker=speaker_from_client_id(speaker))
