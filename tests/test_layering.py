@@ -9,7 +9,7 @@ The layers, lowest first. A module may import modules of a lower layer and, in t
 layers, of its own (the graph stays acyclic); a stage never imports another stage:
 
 1. base: no `whisper_sv` imports but each other's (errors, audio constants and loader, metrics,
-   locks, options, the CT2 file format, the shard row).
+   locks, options, the CT2 file format, the shard row, the synthetic voices and their acoustics).
 2. shared: what several stages use (log-mel, sources, model specs and the packaged model, the
    training config, the decode helpers, the feature config and store, the encoder cache, the
    training run's collator, checkpoints and report, the search's config and report).
@@ -36,10 +36,11 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "whisper_sv"
 
 LAYERS: list[tuple[str, set[str]]] = [
-    ("base", {"__init__", "errors", "audio", "metrics", "locks", "options", "continuation", "ct2_format", "shard_format", "fileio"}),
+    ("base", {"__init__", "errors", "audio", "metrics", "locks", "options", "continuation", "ct2_format", "shard_format", "fileio",
+              "voices", "realism"}),
     ("shared", {
         "logmel", "logmel_figures", "sources", "models", "packaged", "ct2_state_dict", "ct2_to_transformers", "config", "decoding",
-        "feature_config", "feature_store", "encoder_cache", "collator", "checkpoints", "run_report", "search_config",
+        "feature_config", "feature_store", "encoder_cache", "collator", "checkpoints", "run_report", "search_config", "lora",
         "search_report",
     }),
     ("stages", {"synth", "features", "train", "evaluate", "export", "inference"}),

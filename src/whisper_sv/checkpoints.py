@@ -22,7 +22,8 @@ log = logging.getLogger(__name__)
 COMPLETE_MARKER = "whisper_sv_complete.json"
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 # What a checkpoint needs to resume exactly: weights, optimizer, scheduler, RNG, trainer state.
-CHECKPOINT_FILES = ("model.safetensors", "optimizer.pt", "scheduler.pt", "trainer_state.json")
+# A LoRA run's checkpoint holds adapter_model.safetensors instead of model.safetensors.
+CHECKPOINT_FILES = ("model.safetensors", "adapter_model.safetensors", "optimizer.pt", "scheduler.pt", "trainer_state.json")
 
 
 def complete_checkpoints(run_dir: Path) -> list[Path]:

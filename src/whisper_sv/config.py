@@ -20,6 +20,7 @@ from typing import Any
 
 from .encoder_cache import KINDS as CACHE_KINDS
 from .errors import check_field_types, check_value_types
+from .lora import LoraSettings
 from .models import DEFAULT_MODEL, check_model_spec
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
@@ -80,6 +81,10 @@ class TrainConfig:
     max_train_samples: int | None = None  # use the first N rows of the train store
     max_eval_samples: int | None = None  # use the first N rows of the eval store
     figure: str | None = "img/train.png"  # loss/WER curves; also written into the run folder
+    # LoRA through peft instead of training every weight: a JSON object of LoraSettings keys (r,
+    # alpha, dropout, target_modules, part, quantization), {} for the defaults (r 32, alpha 64 on the
+    # decoder's q_proj/v_proj); null trains the weights themselves. final/ holds the merged model.
+    lora: dict[str, Any] | None = None
     push_to_hub: bool = False  # upload final/ with a model card carrying the WER (model-index)
     hub_model_id: str | None = None
     training: dict[str, Any] = field(default_factory=dict)
@@ -105,6 +110,12 @@ class TrainConfig:
                 "encoder_cache needs freeze_encoder=true and apply_spec_augment=false: "
                 "only a frozen encoder fed the same features gives the same outputs every epoch"
             )
+        if self.lora is not None:
+            settings = LoraSettings.parse(self.lora)
+            self.lora = settings.to_dict()
+            if self.encoder_cache and settings.part != "decoder":
+                raise ValueError(f"lora part={settings.part!r} trains the encoder, so its outputs change: "
+                                 "use part \"decoder\" with encoder_cache, or encoder_cache null")
         if self.early_stopping_patience is not None and not self.eval_data:
             raise ValueError("early_stopping_patience needs eval_data: early stopping watches the eval WER")
         if self.push_to_hub and not self.hub_model_id:

@@ -85,19 +85,24 @@ def load_processor(spec: str = DEFAULT_MODEL):
         return WhisperProcessor.from_pretrained(path)
 
 
-def load_model(spec: str = DEFAULT_MODEL, device: str = "cpu", dtype=None):
+def load_model(spec: str = DEFAULT_MODEL, device: str = "cpu", dtype=None, quantization=None):
     """Load ``(WhisperForConditionalGeneration, WhisperProcessor)`` with Swedish transcription forced.
 
     The generation config gets ``language="sv"`` and ``task="transcribe"``, and any legacy
     ``forced_decoder_ids`` are dropped, so generate never detects the language per batch.
+    `quantization` (a `BitsAndBytesConfig`, CUDA only) loads the weights in 8 or 4 bits, placed
+    on the GPU by bitsandbytes itself.
     """
     from transformers import WhisperForConditionalGeneration
 
     path = resolve_model(spec)
+    extra = {} if quantization is None else {"quantization_config": quantization, "device_map": {"": 0}}
     with model_errors(spec, path):
-        model = WhisperForConditionalGeneration.from_pretrained(path, dtype=dtype)
+        model = WhisperForConditionalGeneration.from_pretrained(path, dtype=dtype, **extra)
     force_swedish(model)
-    model.to(device).eval()
+    if quantization is None:  # a quantized model is already on its device and cannot be moved
+        model.to(device)
+    model.eval()
     return model, load_processor(spec)
 
 

@@ -31,6 +31,7 @@ from .encoder_cache import build_encoder_cache, cache_key, freeze_cross_attentio
 from .feature_store import FeatureStore
 from .fileio import claim_folder, write_json
 from .locks import folder_lock
+from .lora import LoraSettings, apply_lora, check_device, merge_for_final, quantization_config, trainable_parameters
 from .models import load_model
 from .options import add_options, options_from
 from .run_report import draw_curves, make_compute_metrics, push_final, write_eval_utterances, write_metrics, write_model_card
@@ -85,7 +86,7 @@ def open_stores(cfg: TrainConfig, run_dir: Path):
 
 # Keys of feature_config.json that say where the clips came from or how they were filed, not how
 # they were turned into numbers: a train and an eval store may differ in them, and that is fine
-# (shard_size only decides which clips share a Parquet file; format_version only names a column).
+# (shard_size only decides which clips share a Parquet file; format_version only names and adds columns).
 _SOURCE_KEYS = {"source", "split", "audio_column", "text_column", "shard_size", "format_version"}
 
 
@@ -94,9 +95,10 @@ def comparable_feature_config(config: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in config.items() if k not in _SOURCE_KEYS}
 
 
-def prepare_model(cfg: TrainConfig, feature_config: dict[str, Any]):
-    """Model and processor with Swedish forced, freezing and SpecAugment applied."""
-    model, processor = load_model(cfg.model)
+def prepare_model(cfg: TrainConfig, feature_config: dict[str, Any], lora: LoraSettings | None = None):
+    """Model and processor with Swedish forced, freezing and SpecAugment applied (a LoRA run's base
+    in 8 or 4 bits when its settings ask)."""
+    model, processor = load_model(cfg.model, quantization=quantization_config(lora) if lora else None)
     n_mels = feature_config.get("n_mels")
     if n_mels is not None and n_mels != model.config.num_mel_bins:
         raise ValueError(
@@ -135,6 +137,9 @@ def train(cfg: TrainConfig, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     import torch
     from transformers import EarlyStoppingCallback, Seq2SeqTrainingArguments
 
+    lora = LoraSettings.parse(cfg.lora)
+    if lora is not None:
+        check_device(lora)  # a quantized base on a CPU is refused before any data is read
     run_dir = Path(cfg.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     # 1. data, checked against the run folder
@@ -142,7 +147,7 @@ def train(cfg: TrainConfig, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     _save_resolved_config(cfg, run_dir)
     # 2. model
     keep_freed_memory()
-    model, processor = prepare_model(cfg, feature_config)
+    model, processor = prepare_model(cfg, feature_config, lora)
     cache = readahead = None
     if cfg.encoder_cache:
         shards = [r["sha256"] for r in FeatureStore(cfg.train_data).manifest]
@@ -154,6 +159,10 @@ def train(cfg: TrainConfig, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
             cache = build_encoder_cache(model, train_ds, folder, key, cfg.encoder_cache)
         readahead = readahead_for(cache)
         train_ds = train_ds.remove_columns(["input_features"]).add_column("cache_row", list(range(len(train_ds))))
+    if lora is not None:  # after the cache: it holds the base encoder's (and cross-attention's) outputs
+        model = apply_lora(model, lora, cached_cross_kv=cfg.encoder_cache == "cross_kv")
+        trainable, total = trainable_parameters(model)
+        log.info("LoRA: %d of %d parameters train (%.2f %%)", trainable, total, 100 * trainable / total)
     # 3. where to start
     resume = resume_checkpoint(run_dir)
     if resume:
@@ -186,8 +195,13 @@ def train(cfg: TrainConfig, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
         metrics = done_at_end[-1] if done_at_end else trainer.evaluate()
     # 5. final model and records
     final = run_dir / "final"
+    if lora is not None:  # final/ is a plain Whisper checkpoint; the adapter alone goes in final/adapter
+        model = merge_for_final(model, final, cfg.model if lora.quantization else None)
     model.config.use_cache = True  # off only for training; generation from final/ wants it
-    trainer.save_model(str(final))
+    if lora is not None:
+        model.save_pretrained(str(final))
+    else:
+        trainer.save_model(str(final))
     processor.save_pretrained(final)
     # transformers 5 folds the feature extractor into processor_config.json; faster-whisper and
     # the CTranslate2 export read preprocessor_config.json, so write it too.
