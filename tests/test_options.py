@@ -40,6 +40,7 @@ def test_flags_read_values_by_the_field_type_and_leave_the_rest_unset():
     assert parse([]) == {}
     assert parse(["--name", "007", "--steps", "3"]) == {"name": "007", "steps": 3}  # a str stays a str
     assert parse(["--rate", "null"]) == {"rate": None}
+    assert parse(["--name", '"cross_kv"']) == {"name": "cross_kv"}  # a JSON string, as a preset spells it
     assert parse(["--old-rate", "0.5"]) == {"rate": 0.5}
     assert parse(["--verbose"]) == {"verbose": True}
     assert parse(["--verbose", "false"]) == {"verbose": False}

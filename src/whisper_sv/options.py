@@ -74,6 +74,12 @@ def value_from_text(text: str, hint: Any) -> Any:
             return False
         return text  # refused by the dataclass's type check, with the field's name
     if base is str:
+        if text.startswith('"'):  # a JSON string, as a preset spells it ('"cross_kv"'): its text
+            try:
+                value = json.loads(text)
+            except json.JSONDecodeError:
+                return text
+            return value if isinstance(value, str) else text
         return text
     try:
         return json.loads(text)
