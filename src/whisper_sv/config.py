@@ -10,7 +10,6 @@ their config here, and the resolved config is written into every run folder.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import functools
 import json
 import typing
@@ -19,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .encoder_cache import KINDS as CACHE_KINDS
-from .errors import check_field_types, check_value_types
+from .errors import check_field_types, check_value_types, with_closest
 from .lora import LoraSettings
 from .models import DEFAULT_MODEL, check_model_spec
 
@@ -159,11 +158,8 @@ def training_argument_types() -> dict[str, Any]:
 
 
 def _unknown_message(unknown: list[str]) -> str:
-    known = sorted(toolkit_keys() | training_argument_names())
-    hints = []
-    for key in unknown:
-        close = difflib.get_close_matches(key, known, n=1)
-        hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    known = toolkit_keys() | training_argument_names()
+    hints = [with_closest(key, known) for key in unknown]
     return (
         f"unknown config key(s): {', '.join(hints)}; keys are TrainConfig fields or "
         "Seq2SeqTrainingArguments names"

@@ -11,6 +11,7 @@ existing or forbidden path (``FileNotFoundError``, ``FileExistsError``, ``IsADir
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import enum
 import types
 import typing
@@ -20,6 +21,12 @@ from typing import Any
 
 class UserError(ValueError):
     """A mistake the user can fix; the message says what to change."""
+
+
+def with_closest(key: str, known: typing.Iterable[str]) -> str:
+    """``'lerning_rate' (did you mean 'learning_rate'?)``: an unknown key as every "unknown key" message names it."""
+    close = difflib.get_close_matches(key, sorted(known), n=1)
+    return f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
 
 
 def check_field_types(obj: Any, names: typing.Iterable[str] | None = None) -> None:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import difflib
 import functools
 import inspect
 import io
@@ -24,7 +23,7 @@ import types
 import typing
 from typing import Any, Mapping
 
-from .errors import UserError, check_value_types
+from .errors import UserError, check_value_types, with_closest
 
 # As JSON spells them (a preset says true/false), and the 1/0 an environment variable often holds.
 _TRUE = {"true", "1"}
@@ -147,9 +146,7 @@ def build(cls: type, values: Mapping[str, Any]) -> Any:
     known = [f.name for f in dataclasses.fields(cls) if f.init]
     unknown = [k for k in values if k not in known]
     if unknown:
-        hints = [f"{k!r}" + (f" (did you mean {c[0]!r}?)" if (c := difflib.get_close_matches(k, known, n=1)) else "")
-                 for k in unknown]
-        raise UserError(f"unknown {cls.__name__} key(s): {', '.join(hints)}")
+        raise UserError(f"unknown {cls.__name__} key(s): {', '.join(with_closest(k, known) for k in unknown)}")
     check_value_types(dict(values), typing.get_type_hints(cls))  # before __post_init__ compares them
     return cls(**values)
 

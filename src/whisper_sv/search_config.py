@@ -12,7 +12,6 @@ is refused before any trial starts (`check_space`).
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import hashlib
 import json
 import logging
@@ -25,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import build_config, toolkit_keys, training_argument_names
+from .errors import with_closest
 from .feature_config import FeatureConfig
 from .logmel import Smoothing
 
@@ -184,9 +184,7 @@ def check_space(cfg: SearchConfig) -> None:
         if p.name in FIXED_KEYS:
             raise ValueError(f"space[{p.name!r}]: the search sets {p.name} for each trial; it cannot be searched")
         if p.name not in known:
-            close = difflib.get_close_matches(p.name, sorted(known), n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ValueError(f"space: unknown key {p.name!r}{hint}; keys are TrainConfig fields, Seq2SeqTrainingArguments names, feature config keys or smoothing.FIELD")
+            raise ValueError(f"space: unknown key {with_closest(p.name, known)}; keys are TrainConfig fields, Seq2SeqTrainingArguments names, feature config keys or smoothing.FIELD")
     if cfg.feature_params and not cfg.features:
         names = ", ".join(p.name for p in cfg.feature_params)
         raise ValueError(f"space searches feature key(s) {names}: add a \"features\" section with the source to build stores from")
@@ -224,7 +222,7 @@ def load_search_config(path: str | Path, overrides: dict[str, Any] | None = None
     settings = {f.name for f in dataclasses.fields(SearchConfig)} - {"train", "space"}
     unknown = set(values) - settings - {"space"}
     if unknown:
-        hints = [f"{k!r}" + (f" (did you mean {c[0]!r}?)" if (c := difflib.get_close_matches(k, sorted(settings | {"space", "preset", "train"}), n=1)) else "") for k in sorted(unknown)]
+        hints = [with_closest(k, settings | {"space", "preset", "train"}) for k in sorted(unknown)]
         raise ValueError(f"{path}: unknown search setting(s) {', '.join(hints)}")
     for key, value in (overrides or {}).items():
         (values if key in settings | {"space"} else train)[key] = value
