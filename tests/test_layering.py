@@ -40,7 +40,7 @@ LAYERS: list[tuple[str, set[str]]] = [
               "voices", "realism"}),
     ("shared", {
         "logmel", "logmel_figures", "sources", "models", "packaged", "ct2_state_dict", "ct2_to_transformers", "config", "decoding",
-        "feature_config", "feature_store", "encoder_cache", "collator", "checkpoints", "run_report", "search_config", "lora",
+        "feature_config", "feature_store", "shard_merge", "encoder_cache", "collator", "checkpoints", "run_report", "search_config", "lora",
         "search_report",
     }),
     ("stages", {"synth", "features", "train", "evaluate", "export", "inference"}),

@@ -4,7 +4,9 @@ Layout::
 
     OUT/feature_config.json           the resolved FeatureConfig (written before any work)
     OUT/manifest.jsonl                one line per committed shard: the truth about what is done
-                                      (manifest-{i}-of-{n}.jsonl when n machines share a source)
+                                      (manifest-{i}-of-{n}.jsonl when n machines share a source,
+                                      and manifest-{i}-of-{n}.done.json once run i has finished;
+                                      `shard_merge` turns the n runs into one manifest.jsonl)
     OUT/{split}-{k:05d}.parquet       one `shard_format.ShardRow` per kept clip: clip_id, sentence,
                                       duration (s, float32), input_features (float16, n_mels x
                                       n_frames: only the frames that hold audio), n_frames (int32),

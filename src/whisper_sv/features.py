@@ -10,8 +10,9 @@ nothing else. ``feature_config.json`` (everything that changes the numbers) is w
 work and compared on resume: a different config is refused, never mixed in. Before anything is
 written the source is opened and its first row read, so a mistyped ``--source`` leaves no trace.
 One process writes a manifest at a time (a lock file naming its PID; the lock of a dead run is
-taken over), and plain and ``--num-shards`` runs are never mixed in one folder. Workers watch the
-parent and exit when it dies, however it dies.
+taken over), and plain and ``--num-shards`` runs are never mixed in one folder; the finished
+``--num-shards`` runs merge into the store a plain run writes (``--merge``, `shard_merge`). Workers
+watch the parent and exit when it dies, however it dies.
 
 The store's layout and the code that reads it back are in `feature_store`, the row type and the
 shard files in `shard_format`, the config in `feature_config`.
@@ -55,6 +56,7 @@ from .logmel import log_mel, smooth_log_mel
 from .models import LANGUAGE, TASK, model_errors, resolve_model
 from .options import add_options, options_from
 from .shard_format import FORMATS, ShardRow, shard_bytes
+from .shard_merge import done_record_path, format_merge_summary, merge_shards, write_done_record
 from .sources import Example, decode_example, iter_examples, open_source
 
 log = logging.getLogger(__name__)
@@ -89,9 +91,10 @@ def build_features(
     """Write (or finish) the feature store of `source`/`split` in `out`; returns the run summary.
 
     `source` and `split` override the config's. With ``num_shards=n`` this process owns the shards
-    k with ``k % n == shard_index`` and writes ``manifest-{i}-of-{n}.jsonl``, so n machines can
-    fill one folder. Shards already in the manifest are skipped; a config different from the one
-    saved in `out` raises `ConfigMismatch`.
+    k with ``k % n == shard_index`` and writes ``manifest-{i}-of-{n}.jsonl`` (and, once finished,
+    its completion record), so n machines fill one folder, or n folders that `merge_shards` turns
+    into one plain store. Shards already in the manifest are skipped; a config different from the
+    one saved in `out` raises `ConfigMismatch`.
     """
     config = config or FeatureConfig()
     config = dataclasses.replace(config, source=source or config.source, split=split or config.split)
@@ -112,11 +115,15 @@ def build_features(
     config, writer = _claim_folder(out, config, shard_index, num_shards)
     try:
         remove_dead_temp_files(out)
+        if num_shards > 1:  # finished again only once this run ends
+            done_record_path(out, shard_index, num_shards).unlink(missing_ok=True)
         manifest = out / manifest_name(shard_index, num_shards)
         done = {row["index"] for row in read_manifest(manifest, repair=True)}
         workers = max(1, workers or os.cpu_count() or 1)
         # 3. The shards this run owns and has not committed, labelled, through the pool.
-        owned = ((k, exs) for k, exs in _shards(examples, config.shard_size) if k % num_shards == shard_index and k not in done)
+        seen = collections.Counter()  # the source's shards and clips, for the completion record
+        shards = _shards(examples, config.shard_size, seen)
+        owned = ((k, exs) for k, exs in shards if k % num_shards == shard_index and k not in done)
         todo = _with_labels(owned, tokenizer)
         started, written, rejected, n_shards = time.perf_counter(), 0, collections.Counter(), 0
         bar = _progress(total, progress, skipped=sum(r["clips"] for r in read_manifest(manifest)))
@@ -132,6 +139,8 @@ def build_features(
         bar.close()
         remove_dead_temp_files(out)
         write_rejects_table(out)
+        if num_shards > 1:
+            write_done_record(out, shard_index, num_shards, config.to_dict(), seen["shards"], seen["clips"])
     finally:
         writer.release()
     seconds = time.perf_counter() - started
@@ -266,11 +275,12 @@ def process_shard(index: int, examples: list, labels: list[list[int]], out: Path
 # Orchestration in the parent.
 
 
-def _shards(examples: Iterator[Example], shard_size: int) -> Iterator[tuple[int, list]]:
+def _shards(examples: Iterator[Example], shard_size: int, seen: collections.Counter) -> Iterator[tuple[int, list]]:
     for k in range(1 << 62):
         chunk = list(islice(examples, shard_size))
         if not chunk:
             return
+        seen.update(shards=1, clips=len(chunk))
         yield k, chunk
 
 
@@ -399,13 +409,15 @@ NOT_FLAGS = ("source", "split", "format_version")
 def add_cli(sub) -> None:
     """Register ``whisper-sv features``."""
     p = sub.add_parser("features", help="audio -> exact Whisper log-mel feature store (Parquet), resumable")
-    p.add_argument("--source", required=True, help="cv:PATH (Common Voice layout, or the synthetic corpus) or hf:ID[:CONFIG]")
-    p.add_argument("--split", required=True, help="split name: train, dev, test, validated (cv) or the Hub split")
+    p.add_argument("--source", help="cv:PATH (Common Voice layout, or the synthetic corpus) or hf:ID[:CONFIG] (required)")
+    p.add_argument("--split", help="split name: train, dev, test, validated (cv) or the Hub split (required)")
     p.add_argument("--out", required=True, help="feature store folder (created; resumed if it exists)")
     p.add_argument("--config", help="JSON file of FeatureConfig fields (the flags below override it)")
     p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
     p.add_argument("--shard-index", type=int, default=0, help="this machine's index when several share a source")
     p.add_argument("--num-shards", type=int, default=1, help="how many machines share the source")
+    p.add_argument("--merge", nargs="*", metavar="FOLDER", help="instead of extracting: merge the finished --num-shards runs "
+                   "in --out and in each FOLDER (copied in) into the store a one-machine run writes")
     p.add_argument("--push-to-hub", metavar="REPO", help="upload the finished store to this Hub dataset repo")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_options(p, FeatureConfig, skip=NOT_FLAGS, title="feature config (saved as feature_config.json)")
@@ -413,6 +425,14 @@ def add_cli(sub) -> None:
 
 
 def _cli(args: argparse.Namespace) -> int:
+    if args.merge is not None:  # the runs' saved config is the config: feature flags play no part
+        summary = merge_shards(args.out, args.merge, source=args.source, split=args.split, progress=not args.no_progress)
+        if args.push_to_hub:
+            summary["pushed_to"] = push_store(args.out, args.push_to_hub)
+        print(format_merge_summary(summary))
+        return 0
+    if not args.source or not args.split:
+        raise UserError("--source and --split are required (or --merge, to merge finished --num-shards runs)")
     config = FeatureConfig.from_json(args.config) if args.config else FeatureConfig()
     config = dataclasses.replace(config, **options_from(args, FeatureConfig, skip=NOT_FLAGS))  # checked by FeatureConfig
     # A user error (ConfigMismatch, StoreBusy, a bad --source, ...) is printed as one line by cli.main.
