@@ -51,6 +51,42 @@ def test_an_incompatible_parameter_is_refused_with_its_reason():
         _config(sampler="cmaes-ish")
 
 
+def test_a_space_of_lora_keys_gives_each_trial_its_lora_settings():
+    from whisper_sv.config import build_config
+    from whisper_sv.search_config import trial_train_values
+
+    wide = ["q_proj", "k_proj", "v_proj", "out_proj"]
+    cfg = _config(train={**TINY, "train_data": "f/train", "lora": {"dropout": 0.0}}, space={
+        "lora.r": [4, 16], "lora.alpha": {"low": 8, "high": 64, "log": True, "type": "int"},
+        "lora.dropout": {"low": 0.0, "high": 0.2}, "lora.part": ["decoder", "both"],
+        "lora.target_modules": [["q_proj", "v_proj"], wide]})
+    assert {p.name: p.kind for p in cfg.params}["lora.target_modules"] == "categorical"
+    # As Optuna suggests them (target modules comma-joined: its choices are scalars).
+    params = {"lora.r": 16, "lora.alpha": 32, "lora.part": "both", "lora.target_modules": ",".join(wide), "learning_rate": 1e-3}
+    trial = build_config(trial_train_values(cfg, params, "t/0001", {"train": "s/train", "eval": "s/dev"}))
+    assert trial.lora == {"r": 16, "alpha": 32, "dropout": 0.0, "target_modules": wide, "part": "both", "quantization": None}
+    assert trial.training["learning_rate"] == 1e-3
+    # Searching a lora key makes a full fine-tune preset a LoRA run (the defaults plus the trial's values).
+    plain = _config(space={"lora.r": [8]})
+    assert build_config(trial_train_values(plain, {"lora.r": 8}, "t", None)).lora["r"] == 8
+    assert build_config(trial_train_values(plain, {}, "t", None)).lora is None
+
+
+def test_a_bad_lora_key_or_value_in_the_space_is_a_one_line_error():
+    with pytest.raises(ValueError, match=r"unknown key 'lora\.rank' \(did you mean 'lora\.r'\?\); lora keys are lora\.alpha") as err:
+        _config(space={"lora.rank": [8, 16]})
+    assert len(str(err.value).splitlines()) == 1
+    with pytest.raises(ValueError, match="lora.part='encoders' cannot work with this config"):
+        _config(space={"lora.part": ["decoder", "encoders"]})
+    with pytest.raises(ValueError, match="search its fields instead"):
+        _config(space={"lora": [None]})
+    with pytest.raises(ValueError, match="each a list of layer names"):
+        _config(space={"lora.target_modules": {"low": 1, "high": 2}})
+    cached = {**TINY, "train_data": "f/train", "freeze_encoder": True, "encoder_cache": "cross_kv"}
+    with pytest.raises(ValueError, match="lora.part='both' cannot work with this config: lora part='both' trains the encoder"):
+        _config(train=cached, space={"lora.part": ["decoder", "both"]})
+
+
 def test_search_config_file_preset_and_overrides(tmp_path):
     cfg = load_search_config(ROOT / "configs" / "search-tiny.json", {"trials": 2, "max_steps": 3, "study_dir": str(tmp_path)})
     assert cfg.trials == 2 and cfg.train["max_steps"] == 3 and cfg.train["model"] == "random:tiny"
@@ -327,6 +363,27 @@ def test_a_deliberately_bad_learning_rate_is_pruned(sv_corpus, tmp_path):
     assert bad.intermediate_values[2] > max(trials[1e-6].value, trials[2e-6].value)
     assert outcome["finished"] == 3 and outcome["counts"] == {"COMPLETE": 2, "PRUNED": 1}
     assert "| PRUNED |" in (tmp_path / "study" / "summary.md").read_text()
+
+
+@pytest.mark.slow
+def test_a_lora_trial_trains_an_adapter_with_the_searched_settings(sv_corpus, tmp_path):
+    from whisper_sv.search import open_study, search
+
+    overrides = {
+        "study_dir": str(tmp_path / "study"), "trials": 1, "sampler": "grid",
+        "features": {"source": f"cv:{sv_corpus}", "shard_size": 16},
+        "space": {"lora.r": [2], "lora.target_modules": [["q_proj", "k_proj"]]},
+        "max_train_samples": 8, "max_eval_samples": 4, "max_steps": 2, "eval_steps": 2, "save_steps": 2,
+    }
+    outcome = search(load_search_config(ROOT / "configs" / "search-tiny.json", overrides))
+    (trial,) = open_study(load_search_config(ROOT / "configs" / "search-tiny.json", overrides)).get_trials()
+    assert outcome["counts"] == {"COMPLETE": 1} and trial.params == {"lora.r": 2, "lora.target_modules": "q_proj,k_proj"}
+    run = Path(trial.user_attrs["run_dir"])
+    assert json.loads((run / "config.json").read_text())["lora"]["target_modules"] == ["q_proj", "k_proj"]
+    adapter = json.loads((run / "final" / "adapter" / "adapter_config.json").read_text())
+    assert adapter["r"] == 2 and "k_proj" in adapter["target_modules"]
+    best = json.loads((tmp_path / "study" / "best.json").read_text())
+    assert best["lora"]["r"] == 2  # best.json retrains the trial as a LoRA run
 
 
 def test_the_wilcoxon_pruner_gets_each_eval_utterance_paired_by_step_and_clip(tmp_path):

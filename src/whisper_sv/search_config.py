@@ -4,9 +4,15 @@ A search config (the JSON of ``whisper-sv search CONFIG``) names a training ``pr
 ``train`` overrides, the ``space`` (a list of choices, or ``{"low", "high", "log"?, "step"?}``
 per key), the sampler and pruner, the trial count, the study folder and storage, and optionally
 a ``features`` section from which the search builds feature stores per feature config. Any
-`TrainConfig` key, `Seq2SeqTrainingArguments` name, feature key or ``smoothing.FIELD`` can be
-searched; a typo names the closest key, and a value that cannot work with the rest of the config
-is refused before any trial starts (`check_space`).
+`TrainConfig` key, `Seq2SeqTrainingArguments` name, feature key, ``smoothing.FIELD`` or
+``lora.FIELD`` can be searched; a typo names the closest key, and a value that cannot work with the
+rest of the config is refused before any trial starts (`check_space`).
+
+A ``lora.FIELD`` key (``lora.r``, ``lora.alpha``, ``lora.dropout``, ``lora.part``,
+``lora.target_modules``, ``lora.quantization``) makes every trial a LoRA run: its ``lora`` object is
+the preset's (or the defaults) with the trial's values. ``lora.target_modules`` choices are lists
+(``[["q_proj", "v_proj"], ["q_proj", "k_proj", "v_proj", "out_proj"]]``); Optuna, which takes only
+scalars, records each as its comma-joined names.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from .config import build_config, toolkit_keys, training_argument_names
 from .errors import with_closest
 from .feature_config import FeatureConfig
 from .logmel import Smoothing
+from .lora import LoraSettings
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +44,7 @@ FIXED_KEYS = {"output_dir", "train_data", "eval_data", "encoder_cache_dir", "fig
 # Feature keys that say where clips come from, set by the `features` section rather than searched.
 FEATURE_SOURCE_KEYS = {"source", "split", "format_version"}
 SMOOTHING_PREFIX = "smoothing."
+LORA_PREFIX = "lora."
 
 
 @dataclass(frozen=True)
@@ -143,7 +151,7 @@ class SearchConfig:
             raise ValueError(f"trials={self.trials}: ask for at least one trial")
         if not self.space:
             raise ValueError("space is empty: name at least one key to search, e.g. {\"learning_rate\": {\"low\": 1e-5, \"high\": 1e-3, \"log\": true}}")
-        self.params = [Param.parse(name, spec) for name, spec in self.space.items()]
+        self.params = [Param.parse(name, _scalar_choices(name, spec)) for name, spec in self.space.items()]
         check_space(self)
         if self.sampler == "grid":
             size = math.prod(len(p.grid()) for p in self.params)
@@ -171,10 +179,25 @@ def _is_feature_key(name: str) -> bool:
     return name.startswith(SMOOTHING_PREFIX) or name in _feature_fields()
 
 
+def _lora_keys() -> set[str]:
+    return {LORA_PREFIX + f.name for f in dataclasses.fields(LoraSettings)}
+
+
+def _scalar_choices(name: str, spec: Any) -> Any:
+    """``lora.target_modules`` choices as Optuna can store them: each list of names comma-joined."""
+    if name != LORA_PREFIX + "target_modules":
+        return spec
+    choices = spec.get("choices") if isinstance(spec, dict) else spec
+    if not isinstance(choices, list):
+        raise ValueError(f"space[{name!r}]: give a list of choices, each a list of layer names, e.g. [[\"q_proj\", \"v_proj\"]]")
+    joined = [",".join(c) if isinstance(c, (list, tuple)) and all(isinstance(m, str) for m in c) else c for c in choices]
+    return {**spec, "choices": joined} if isinstance(spec, dict) else joined
+
+
 def searchable_keys() -> set[str]:
-    """Every key a space may name: training keys, feature keys and ``smoothing.FIELD``."""
-    train = (toolkit_keys() | training_argument_names()) - FIXED_KEYS
-    return train | _feature_fields() | {SMOOTHING_PREFIX + f for f in _smoothing_fields()}
+    """Every key a space may name: training keys, feature keys, ``smoothing.FIELD`` and ``lora.FIELD``."""
+    train = (toolkit_keys() | training_argument_names()) - FIXED_KEYS - {"lora"}
+    return train | _feature_fields() | {SMOOTHING_PREFIX + f for f in _smoothing_fields()} | _lora_keys()
 
 
 def check_space(cfg: SearchConfig) -> None:
@@ -183,19 +206,23 @@ def check_space(cfg: SearchConfig) -> None:
     for p in cfg.params:
         if p.name in FIXED_KEYS:
             raise ValueError(f"space[{p.name!r}]: the search sets {p.name} for each trial; it cannot be searched")
+        if p.name == "lora":
+            raise ValueError(f"space['lora']: search its fields instead: {', '.join(sorted(_lora_keys()))}")
+        if p.name.startswith(LORA_PREFIX) and p.name not in known:
+            raise ValueError(f"space: unknown key {with_closest(p.name, _lora_keys())}; lora keys are {', '.join(sorted(_lora_keys()))}")
         if p.name not in known:
-            raise ValueError(f"space: unknown key {with_closest(p.name, known)}; keys are TrainConfig fields, Seq2SeqTrainingArguments names, feature config keys or smoothing.FIELD")
+            raise ValueError(f"space: unknown key {with_closest(p.name, known)}; keys are TrainConfig fields, Seq2SeqTrainingArguments names, feature config keys, smoothing.FIELD or lora.FIELD")
     if cfg.feature_params and not cfg.features:
         names = ", ".join(p.name for p in cfg.feature_params)
         raise ValueError(f"space searches feature key(s) {names}: add a \"features\" section with the source to build stores from")
-    base = trial_train_values(cfg, {}, "probe", {"train": "probe/train", "eval": "probe/eval"})
+    stores = {"train": "probe/train", "eval": "probe/eval"}
     for p in cfg.params:
         for value in p.probes():
             try:
                 if _is_feature_key(p.name):
                     feature_config(cfg, {p.name: value})
                 else:
-                    build_config({**base, p.name: value})
+                    build_config(trial_train_values(cfg, {p.name: value}, "probe", stores))
             except (ValueError, TypeError) as err:
                 raise ValueError(f"space: {p.name}={value!r} cannot work with this config: {err}") from None
 
@@ -257,7 +284,14 @@ def store_key(fc: FeatureConfig) -> str:
 
 
 def trial_train_values(cfg: SearchConfig, params: dict[str, Any], run_dir: str, stores: dict[str, str] | None) -> dict[str, Any]:
-    values = {**cfg.train, **{k: v for k, v in params.items() if not _is_feature_key(k)}}
+    """The flat training preset of one trial: the search's, with the trial's training params (its
+    ``lora.FIELD`` params folded into the ``lora`` object) and the folders the search decides."""
+    values = {**cfg.train, **{k: v for k, v in params.items() if not _is_feature_key(k) and not k.startswith(LORA_PREFIX)}}
+    lora = {k[len(LORA_PREFIX):]: v for k, v in params.items() if k.startswith(LORA_PREFIX)}
+    if lora:
+        if isinstance(lora.get("target_modules"), str):  # stored comma-joined (`_scalar_choices`)
+            lora["target_modules"] = lora["target_modules"].split(",")
+        values["lora"] = {**(values.get("lora") or {}), **lora}
     values.update(output_dir=str(run_dir), figure=None, push_to_hub=False)
     if stores:
         values.update(train_data=stores["train"], eval_data=stores["eval"])
