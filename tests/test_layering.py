@@ -37,7 +37,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "whisper_sv"
 
 LAYERS: list[tuple[str, set[str]]] = [
     ("base", {"__init__", "errors", "audio", "metrics", "locks", "options", "continuation", "ct2_format", "shard_format", "fileio",
-              "voices", "realism"}),
+              "voices", "realism", "distributed"}),
     ("shared", {
         "logmel", "logmel_figures", "sources", "models", "packaged", "ct2_state_dict", "ct2_to_transformers", "config", "decoding",
         "feature_config", "feature_store", "shard_merge", "encoder_cache", "collator", "checkpoints", "run_report", "search_config", "lora",

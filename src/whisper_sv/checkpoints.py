@@ -15,6 +15,7 @@ import re
 import time
 from pathlib import Path
 
+from .distributed import barrier, is_main_process
 from .fileio import write_atomic
 
 log = logging.getLogger(__name__)
@@ -24,6 +25,8 @@ CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 # What a checkpoint needs to resume exactly: weights, optimizer, scheduler, RNG, trainer state.
 # A LoRA run's checkpoint holds adapter_model.safetensors instead of model.safetensors.
 CHECKPOINT_FILES = ("model.safetensors", "adapter_model.safetensors", "optimizer.pt", "scheduler.pt", "trainer_state.json")
+# The RNG states: rng_state.pth from one process, rng_state_<rank>.pth from each of several.
+RNG_STATE_GLOB = "rng_state*.pth"
 
 
 def complete_checkpoints(run_dir: Path) -> list[Path]:
@@ -64,13 +67,21 @@ def set_aside_incomplete(run_dir: Path) -> list[Path]:
 
 
 def resume_checkpoint(run_dir: Path) -> str | None:
-    """The last complete checkpoint to resume from, or None; half-written ones are set aside first."""
-    set_aside_incomplete(run_dir)
+    """The last complete checkpoint to resume from, or None; half-written ones are set aside first
+    (by the main process of a multi-process job; the others look after it has)."""
+    if is_main_process():
+        set_aside_incomplete(run_dir)
+    barrier()
     done = complete_checkpoints(run_dir)
     return str(done[-1]) if done else None
 
 
 def mark_complete(ckpt: Path) -> None:
-    """Write `ckpt`'s completion marker: the sizes of the files a resume reads."""
-    sizes = {f: (ckpt / f).stat().st_size for f in CHECKPOINT_FILES if (ckpt / f).is_file()}
+    """Write `ckpt`'s completion marker: the sizes of the files a resume reads.
+
+    In a multi-process job each process writes its own RNG state: call this in the main process
+    once all have saved (train.py waits for them at a barrier first).
+    """
+    names = [*CHECKPOINT_FILES, *sorted(p.name for p in ckpt.glob(RNG_STATE_GLOB))]
+    sizes = {f: (ckpt / f).stat().st_size for f in names if (ckpt / f).is_file()}
     write_atomic(ckpt / COMPLETE_MARKER, json.dumps({"sizes": sizes, "time": time.time()}))

@@ -4,7 +4,8 @@ Written during training (on every log and evaluation) and once at the end:
 ``metrics.jsonl`` (one history, rewritten from the Trainer's state so a resume does not split
 it), ``train.png`` (loss and WER against step), ``evals/step-N.json`` (each eval utterance's
 errors, for paired comparisons between runs), and ``final/README.md`` (the Hub model card with
-the WER), which `push_final` uploads with the model.
+the WER), which `push_final` uploads with the model. In a multi-process job the writers run in the
+main process only (`distributed.main_only`): one copy of each file, never two writers at once.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .config import TrainConfig
+from .distributed import main_only
 from .fileio import write_atomic
 from .metrics import utterance_errors, wer_report
 
@@ -82,6 +84,7 @@ def plot_curves(log_history: list[dict], out: str | Path) -> Path:
     return write_atomic(out, image.getvalue())
 
 
+@main_only
 def draw_curves(run_dir: Path, log_history: list[dict], figure: str | None = None) -> None:
     """``train.png`` in the run folder, and a copy at `figure` (the configured extra path) if set."""
     plot_curves(log_history, run_dir / CURVES_NAME)
@@ -89,12 +92,14 @@ def draw_curves(run_dir: Path, log_history: list[dict], figure: str | None = Non
         plot_curves(log_history, figure)
 
 
+@main_only
 def write_metrics(run_dir: Path, log_history: list[dict]) -> None:
     """``metrics.jsonl`` from the Trainer's log history: after a resume it is still one history."""
     write_atomic(run_dir / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in log_history))
 
 
-def write_eval_utterances(run_dir: Path, step: int, references: list[str], hypotheses: list[str]) -> Path:
+@main_only
+def write_eval_utterances(run_dir: Path, step: int, references: list[str], hypotheses: list[str]) -> Path | None:
     """``evals/step-N.json``: each eval utterance's normalised word errors and reference words."""
     errors = utterance_errors(references, hypotheses)
     out = run_dir / EVALS_DIR / f"step-{step}.json"
@@ -112,7 +117,8 @@ def read_eval_utterances(run_dir: str | Path, step: int) -> dict[str, Any] | Non
         return None
 
 
-def write_model_card(final: Path, cfg: TrainConfig, metrics: dict[str, Any]) -> Path:
+@main_only
+def write_model_card(final: Path, cfg: TrainConfig, metrics: dict[str, Any]) -> Path | None:
     """README.md with the Hub's model-index metadata carrying the eval WER (when there is one)."""
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
@@ -152,6 +158,7 @@ def _base_model_id(spec: str) -> str | None:
     return spec if spec.count("/") == 1 and not Path(spec).exists() else None
 
 
+@main_only
 def push_final(final: Path, repo_id: str) -> None:
     """Upload ``final/`` (model, processor, card) to the Hub."""
     from huggingface_hub import HfApi

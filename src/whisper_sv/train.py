@@ -13,7 +13,8 @@ history, rewritten from the Trainer's state), ``train.png``, ``final/``.
 
 The parts live by concern: batches and the cached-encoder trainer in collator.py, checkpoint
 markers and resuming in checkpoints.py, metrics, curves, the model card and the Hub push in
-run_report.py; this module wires them to the Trainer.
+run_report.py, which process of a ``torchrun`` / ``accelerate launch`` job writes them in
+distributed.py (the main one; the others wait for it); this module wires them to the Trainer.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from typing import Any, Sequence
 from .checkpoints import mark_complete, resume_checkpoint
 from .collator import SpeechCollator, keep_freed_memory, trainer_class
 from .config import TRAINING_DEFAULTS, TrainConfig, load_config, parse_overrides
+from .distributed import barrier, is_main_process, main_only, main_process_first, world_size
+from .distributed import setup as setup_distributed
 from .encoder_cache import build_encoder_cache, cache_key, freeze_cross_attention_kv, readahead_for
 from .feature_store import FeatureStore
 from .fileio import claim_folder, write_json
@@ -116,6 +119,11 @@ def prepare_model(cfg: TrainConfig, feature_config: dict[str, Any], lora: LoraSe
         for module in (*stacks, *stacks[0].layers, *stacks[1].layers):  # they copied the rate at construction
             module.dropout = cfg.dropout
     model.config.use_cache = False  # the cache is for generation; training with it wastes memory
+    # Whisper's loss is the mean over its batch's tokens, whatever `num_items_in_batch` it is passed;
+    # its forward takes **kwargs, so the Trainer would assume otherwise and scale the loss by the
+    # process count (2x the loss and gradient under torchrun with 2 processes) and skip dividing it by
+    # gradient_accumulation_steps. Saying so makes both the usual per-batch mean.
+    model.accepts_loss_kwargs = False
     if cfg.freeze_encoder:
         model.freeze_encoder()
     if cfg.freeze_embeddings:
@@ -142,8 +150,11 @@ def train(cfg: TrainConfig, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
         check_device(lora)  # a quantized base on a CPU is refused before any data is read
     run_dir = Path(cfg.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    # 1. data, checked against the run folder
-    train_ds, eval_ds, feature_config = open_stores(cfg, run_dir)
+    # Under torchrun / accelerate launch: join the job; the main process writes the run folder (distributed.py).
+    setup_distributed(cfg.training_arguments().get("ddp_timeout", 1800))
+    # 1. data, checked against the run folder (claimed by the main process, then read by the others)
+    with main_process_first():
+        train_ds, eval_ds, feature_config = open_stores(cfg, run_dir)
     _save_resolved_config(cfg, run_dir)
     # 2. model
     keep_freed_memory()
@@ -155,12 +166,15 @@ def train(cfg: TrainConfig, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
         # One cache per (model, shards, rows, kind): runs that share encoder_cache_dir (the trials
         # of a search) build it once and all read it.
         folder = Path(cfg.encoder_cache_dir) / key if cfg.encoder_cache_dir else run_dir / "encoder_cache"
-        with folder_lock(folder):
+        # Built by the main process while the others wait; then they call it too, find every row done
+        # and get the cache read-only (distributed.py).
+        with main_process_first(), folder_lock(folder):
             cache = build_encoder_cache(model, train_ds, folder, key, cfg.encoder_cache)
         readahead = readahead_for(cache)
         train_ds = train_ds.remove_columns(["input_features"]).add_column("cache_row", list(range(len(train_ds))))
     if lora is not None:  # after the cache: it holds the base encoder's (and cross-attention's) outputs
-        model = apply_lora(model, lora, cached_cross_kv=cfg.encoder_cache == "cross_kv")
+        model = apply_lora(model, lora, cached_cross_kv=cfg.encoder_cache == "cross_kv",
+                           seed=cfg.training_arguments()["seed"])
         trainable, total = trainable_parameters(model)
         log.info("LoRA: %d of %d parameters train (%.2f %%)", trainable, total, 100 * trainable / total)
     # 3. where to start
@@ -169,6 +183,8 @@ def train(cfg: TrainConfig, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
         print(f"resuming from {resume}")
     # 4. train
     defaults = {} if torch.cuda.is_available() else {"dataloader_pin_memory": False}
+    if world_size() > 1 and not torch.cuda.is_available():
+        defaults["use_cpu"] = True  # else the Trainer, finding no GPU, trains each process alone on all the data
     if cache is not None:
         defaults["dataloader_num_workers"] = 1  # collates (and reads ahead) a batch or two early
     args = Seq2SeqTrainingArguments(**{**defaults, **cfg.training_arguments()}, **pick_precision(cfg.precision))
@@ -177,7 +193,7 @@ def train(cfg: TrainConfig, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     if cfg.early_stopping_patience is not None:
         all_callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience))
     all_callbacks.extend(callbacks)
-    trainer = trainer_class(cache, cfg.encoder_cache)(
+    trainer = _each_eval_clip_once(trainer_class(cache, cfg.encoder_cache))(
         model=model,
         args=args,
         train_dataset=train_ds,
@@ -193,8 +209,11 @@ def train(cfg: TrainConfig, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
         last = trainer.state.log_history[-2:] if trainer.state.log_history else []
         done_at_end = [h for h in last if "eval_wer" in h and h.get("step") == trainer.state.global_step]
         metrics = done_at_end[-1] if done_at_end else trainer.evaluate()
-    # 5. final model and records
+    # 5. final model and records, written by the main process; the others wait for them
     final = run_dir / "final"
+    if not is_main_process():
+        barrier()
+        return {"final": final, "metrics": metrics, "resumed_from": resume}
     if lora is not None:  # final/ is a plain Whisper checkpoint; the adapter alone goes in final/adapter
         model = merge_for_final(model, final, cfg.model if lora.quantization else None)
     model.config.use_cache = True  # off only for training; generation from final/ wants it
@@ -211,9 +230,30 @@ def train(cfg: TrainConfig, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     if trainer.state.log_history:
         draw_curves(run_dir, trainer.state.log_history, cfg.figure)
     write_model_card(final, cfg, metrics)
+    barrier()  # final/ is whole: the other processes may return
     if cfg.push_to_hub:
         push_final(final, cfg.hub_model_id)
     return {"final": final, "metrics": metrics, "resumed_from": resume}
+
+
+def _each_eval_clip_once(base: type) -> type:
+    """`base` (a Seq2SeqTrainer) scoring each eval clip once when several processes evaluate.
+
+    Accelerate repeats eval clips so that every process gets a whole last batch, and
+    Seq2SeqTrainer.evaluate gathers the predictions with plain ``gather``, which keeps the
+    repeats: 6 clips on 2 processes at 8 a batch came back as 16 predictions, 4 clips counted three
+    times in the WER, eval_loss and ``evals/step-N.json``. ``gather_for_metrics`` (what Trainer
+    uses) drops them; with one process the two are the same.
+    """
+    import functools
+
+    class EachEvalClipOnce(base):
+        def evaluation_loop(self, *args, **kwargs):
+            self.gather_function = functools.partial(self.accelerator.gather_for_metrics,
+                                                     use_gather_object=self.args.eval_use_gather_object)
+            return super().evaluation_loop(*args, **kwargs)
+
+    return EachEvalClipOnce
 
 
 def _run_folder_callbacks(cfg: TrainConfig, run_dir: Path, compute_metrics=None) -> list[Any]:
@@ -224,6 +264,7 @@ def _run_folder_callbacks(cfg: TrainConfig, run_dir: Path, compute_metrics=None)
         """Marks finished checkpoints, keeps metrics.jsonl, the curves and evals/ current."""
 
         def on_save(self, args, state, control, **kwargs):
+            barrier()  # every process has saved its part (rng_state_<rank>.pth) before the marker is written
             ckpt = run_dir / f"checkpoint-{state.global_step}"
             if ckpt.is_dir() and state.is_world_process_zero:
                 mark_complete(ckpt)
@@ -243,6 +284,7 @@ def _run_folder_callbacks(cfg: TrainConfig, run_dir: Path, compute_metrics=None)
     return [RunFolderCallback()]
 
 
+@main_only
 def _save_resolved_config(cfg: TrainConfig, run_dir: Path) -> None:
     """``config.json`` as resolved; a resume with other values keeps the old file beside it, dated."""
     path = run_dir / "config.json"
