@@ -42,16 +42,16 @@ def main() -> None:
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-    from whisper_sv.demo import DemoConfig
+    from whisper_sv.demo import DemoConfig, demo_corpus_config
     from whisper_sv.evaluate import evaluate
     from whisper_sv.feature_config import FeatureConfig
     from whisper_sv.features import build_features
     from whisper_sv.search import load_search_config, search
-    from whisper_sv.synth import SynthConfig, synthesize
+    from whisper_sv.synth import synthesize
 
     demo = DemoConfig()
     t0 = time.time()
-    synthesize(demo.corpus, SynthConfig(clips=demo.clips, seed=demo.seed), demo.workers)
+    synthesize(demo.corpus, demo_corpus_config(demo), demo.workers)
     for split in ("train", "dev", "test"):
         build_features(f"cv:{demo.corpus}", split, Path(demo.features) / split, FeatureConfig(), demo.workers)
     prepared = time.time()

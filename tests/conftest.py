@@ -24,15 +24,16 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-SV_CORPUS_CLIPS = 60
 
 
 @pytest.fixture(scope="session")
 def sv_corpus(tmp_path_factory) -> Path:
-    """A 60-clip synthetic corpus in the Common Voice layout (train 48 / dev 6 / test 6)."""
+    """A 60-clip synthetic corpus in the Common Voice layout (train 48 / dev 6 / test 6): espeak-ng's
+    voices, clean (`SV_CORPUS`), so the figures tests pin do not depend on MBROLA being installed."""
+    from helpers import SV_CORPUS
     from whisper_sv.synth import SynthConfig, synthesize
 
-    return synthesize(tmp_path_factory.mktemp("sv-synth"), SynthConfig(clips=SV_CORPUS_CLIPS, seed=7), workers=2)
+    return synthesize(tmp_path_factory.mktemp("sv-synth"), SynthConfig(**SV_CORPUS), workers=2)
 
 
 @pytest.fixture(scope="session")

@@ -12,6 +12,9 @@ from whisper_sv.voices import VOICES_BY_ID
 # tiden.", CER 0.15), so "close to the reference" is a real check and not a coin flip: most espeak
 # clips come out with CER 0.3-0.7 before fine-tuning, and which window suits a clip varies.
 SENTENCE = "Jag ska inte ringa dig hela tiden."
+# The tests' corpus (conftest's sv_corpus): espeak-ng's voices, clean, so the figures tests pin do
+# not depend on MBROLA being installed or on the realism settings.
+SV_CORPUS = {"clips": 60, "seed": 7, "voices": "espeak", "realism": False}
 CLIP = ClipJob(4, "test", SENTENCE, VOICES_BY_ID["espeak-sv-m3"], 150, 50)
 
 

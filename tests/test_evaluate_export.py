@@ -132,3 +132,38 @@ def test_an_old_format_store_evaluates_with_speaker_unknown(sv_corpus, tmp_path)
     speakers = [speaker for *_, speaker in iter_inputs(str(tmp_path / "v3"), "test", 80, [])]
     planned = {r.id: r.speaker for r in iter_common_voice(sv_corpus, "test")}
     assert speakers == list(planned.values()) and all(s.startswith("espeak-sv") for s in speakers)
+
+
+def test_a_model_is_scored_and_exported_with_the_window_it_was_trained_on(sv_stores, tmp_path, monkeypatch):
+    """A model fine-tuned on 15 s windows (encoder_window.py) is scored on 15 s windows unless told
+    otherwise, each batch as wide as the app's backend would encode it, and its export says so."""
+    import whisper_sv.evaluate as evaluate_module
+    from whisper_sv.encoder_window import record_window
+    from whisper_sv.export import export_ct2
+    from whisper_sv.models import RANDOM_TINY, load_model
+
+    model, processor = load_model(RANDOM_TINY)
+    record_window(model, 15)
+    folder = tmp_path / "model"
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    processor.feature_extractor.save_pretrained(folder)
+    widths = []
+    real = evaluate_module.generate_texts
+
+    def spy(net, proc, features, *args):
+        widths.append(features.shape[-1])
+        return real(net, proc, features, *args)
+
+    monkeypatch.setattr(evaluate_module, "generate_texts", spy)
+    trained = evaluate_module.evaluate(str(folder), str(sv_stores["dev"]), batch_size=3, device="cpu")
+    assert trained["window_s"] == 15 and widths == [1500, 1500]  # the dev clips are all under 14 s
+    widths.clear()
+    assert evaluate_module.evaluate(str(folder), str(sv_stores["dev"]), batch_size=3, device="cpu", window_s=30)["window_s"] == 30
+    assert widths == [3000, 3000]
+    widths.clear()
+    assert evaluate_module.evaluate(RANDOM_TINY, str(sv_stores["dev"]), batch_size=6, device="cpu")["window_s"] == 30
+    with pytest.raises(ValueError, match="use 1 to 30 s"):
+        evaluate_module.evaluate(RANDOM_TINY, str(sv_stores["dev"]), window_s=40)
+    out = export_ct2(str(folder), tmp_path / "ct2")
+    assert json.loads((out / "whisper_sv_export.json").read_text())["window_s"] == 15

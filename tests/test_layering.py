@@ -9,7 +9,8 @@ The layers, lowest first. A module may import modules of a lower layer and, in t
 layers, of its own (the graph stays acyclic); a stage never imports another stage:
 
 1. base: no `whisper_sv` imports but each other's (errors, audio constants and loader, metrics,
-   locks, options, the CT2 file format, the shard row, the synthetic voices and their acoustics).
+   locks, the ranks of a multi-process job, options, the CT2 file format, the shard row, the
+   synthetic voices and their acoustics).
 2. shared: what several stages use (log-mel, sources, model specs and the packaged model, the
    training config, the decode helpers, the feature config and store, the encoder cache, the
    training run's collator, checkpoints and report, the search's config and report).
@@ -40,7 +41,7 @@ LAYERS: list[tuple[str, set[str]]] = [
               "voices", "realism", "distributed"}),
     ("shared", {
         "logmel", "logmel_figures", "sources", "models", "packaged", "ct2_state_dict", "ct2_to_transformers", "config", "decoding",
-        "feature_config", "feature_store", "shard_merge", "encoder_cache", "collator", "checkpoints", "run_report", "search_config", "lora",
+        "feature_config", "feature_store", "shard_merge", "encoder_cache", "encoder_window", "collator", "checkpoints", "run_report", "search_config", "lora",
         "search_report",
     }),
     ("stages", {"synth", "features", "train", "evaluate", "export", "inference"}),

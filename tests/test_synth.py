@@ -12,6 +12,7 @@ import pytest
 import soundfile as sf
 import soxr
 
+from helpers import SV_CORPUS
 from whisper_sv import cli, synth
 from whisper_sv.sources import CV_HEADER, iter_common_voice
 from whisper_sv.synth import SynthConfig, clip_name, plan_corpus, read_sentences, synthesize
@@ -64,9 +65,11 @@ def test_corpus_splits_disjoint_on_disk(sv_corpus):
 
 
 def test_rerun_skips_and_other_config_is_refused(sv_corpus):
-    assert synthesize(sv_corpus, SynthConfig(clips=60, seed=7)) == sv_corpus
+    assert synthesize(sv_corpus, SynthConfig(**SV_CORPUS)) == sv_corpus
     with pytest.raises(ValueError, match="pick another --out"):
-        synthesize(sv_corpus, SynthConfig(clips=61, seed=7))
+        synthesize(sv_corpus, SynthConfig(**{**SV_CORPUS, "clips": 61}))
+    with pytest.raises(ValueError, match="pick another --out"):  # the defaults (both families, realism) are another corpus
+        synthesize(sv_corpus, SynthConfig(clips=60, seed=7))
 
 
 def test_interrupted_run_is_finished(tmp_path):
@@ -110,7 +113,7 @@ def test_the_mbrola_voices_speak_swedish(speaker):
 
 
 def test_each_clip_names_its_speaker_and_reads_back_as_it(sv_corpus):
-    planned = {clip_name(j.index): j.voice.id for j in plan_corpus(SynthConfig(clips=60, seed=7))}
+    planned = {clip_name(j.index): j.voice.id for j in plan_corpus(SynthConfig(**SV_CORPUS))}
     examples = list(iter_common_voice(sv_corpus, "validated"))
     assert {e.id: e.speaker for e in examples} == planned
     assert len(set(planned.values())) > 5 and all(s.startswith("espeak-sv") for s in planned.values())
@@ -127,7 +130,7 @@ def test_a_held_out_speaker_is_only_in_the_test_split():
     # Families are drawn first: MBROLA's two voices get half the clips, not 2 in 18.
     assert 0.35 < sum(speakers["train"][v.id] for v in MBROLA_VOICES) / speakers["train"].total() < 0.65
     with pytest.raises(ValueError, match="not among the voices"):
-        SynthConfig(holdout_speakers="mbrola-sw2")
+        SynthConfig(voices="espeak", holdout_speakers="mbrola-sw2")
     with pytest.raises(ValueError, match="unknown speaker"):
         SynthConfig(holdout_speakers="mbrola-sw3")
     with pytest.raises(ValueError, match="drew no test clip"):  # one test clip cannot hold two speakers
@@ -150,7 +153,7 @@ BEFORE_ISSUE_11 = {
 
 
 def test_realism_off_makes_the_corpus_earlier_versions_made(tmp_path):
-    out = synthesize(tmp_path / "a", SynthConfig(clips=8, seed=3), workers=1)
+    out = synthesize(tmp_path / "a", SynthConfig(clips=8, seed=3, voices="espeak", realism=False), workers=1)
     assert _digest(out, lambda p: p.suffix != ".mp3" and p.name != "clip_durations.tsv") == BEFORE_ISSUE_11["text"]
     if _pinned_environment() != BEFORE_ISSUE_11["environment"]:
         pytest.skip(f"the MP3 bytes were pinned with {BEFORE_ISSUE_11['environment']}, this is {_pinned_environment()}")
@@ -183,3 +186,16 @@ def test_asking_for_mbrola_where_it_is_missing_is_one_line(tmp_path, monkeypatch
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "mb-sw1" in err and "make setup" in err and "--voices espeak" in err
     assert not (tmp_path / "c").exists()
+
+
+def test_the_default_voices_are_every_family_that_renders_here(monkeypatch, capsys):
+    from whisper_sv import voices
+
+    voices.available_families.cache_clear()
+    monkeypatch.setattr(voices, "missing_voices", lambda families: list(voices.MBROLA_VOICES))
+    assert SynthConfig().voices == "espeak" and SynthConfig().realism is True
+    assert capsys.readouterr().out.count("MBROLA's Swedish voices are not installed") == 1  # said once, in one line
+    voices.available_families.cache_clear()
+    monkeypatch.setattr(voices, "missing_voices", lambda families: [])
+    assert SynthConfig().voices == "espeak,mbrola"
+    voices.available_families.cache_clear()

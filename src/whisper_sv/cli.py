@@ -17,7 +17,7 @@ import importlib
 import logging
 import sys
 
-from .errors import UserError
+from .errors import is_user_error, one_line
 
 # (subcommand, module that registers it) in the order a user meets them.
 STAGES = (
@@ -30,8 +30,6 @@ STAGES = (
     ("transcribe", "whisper_sv.inference"),
     ("app", "whisper_sv.app"),
 )
-# Path errors are the user's wherever they are raised (a preset, a folder, a clip that is not there).
-PATH_ERRORS = (FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError, PermissionError)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -80,23 +78,6 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"whisper-sv {args.command}: error: {one_line(err)}", file=sys.stderr)
         return 2
-
-
-def is_user_error(err: BaseException) -> bool:
-    """A `UserError`, a path error, or a ValueError raised by this package's own code (not a library's)."""
-    if isinstance(err, (UserError,) + PATH_ERRORS):
-        return True
-    if not isinstance(err, ValueError):
-        return False
-    tb = err.__traceback__
-    while tb is not None and tb.tb_next is not None:
-        tb = tb.tb_next
-    module = tb.tb_frame.f_globals.get("__name__", "") if tb is not None else ""
-    return module == "whisper_sv" or module.startswith("whisper_sv.")
-
-
-def one_line(err: BaseException) -> str:
-    return " ".join(line.strip() for line in str(err).splitlines() if line.strip()) or type(err).__name__
 
 
 if __name__ == "__main__":

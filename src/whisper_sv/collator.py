@@ -14,7 +14,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .encoder_cache import Readahead, cached_inputs
+from .audio import CHUNK_LENGTH
+from .decoding import window_frames
+from .encoder_cache import EncoderCache, Readahead, cached_inputs
 from .logmel import collate_features
 
 
@@ -23,7 +25,9 @@ class SpeechCollator:
     """Batch feature-store rows for Seq2SeqTrainer.
 
     ``input_features``: (B, n_mels, 3000) float32, each clip padded with its own floor value,
-    which reproduces WhisperFeatureExtractor. ``labels``: (B, L) int64, padding masked with -100;
+    which reproduces WhisperFeatureExtractor. With an encoder window under 30 s (`window_s`,
+    encoder_window.py) the batch is as wide as the app's backend would encode its longest clip:
+    that clip + 1 s, at least `window_s` (`decoding.window_frames`). ``labels``: (B, L) int64, padding masked with -100;
     the leading ``<|startoftranscript|>`` is dropped because the model prepends it when it shifts
     the labels right (the transformers speech recipe does the same).
 
@@ -35,6 +39,7 @@ class SpeechCollator:
 
     decoder_start_token_id: int
     readahead: Readahead | None = None
+    window_s: float = CHUNK_LENGTH
 
     def __call__(self, rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
         import torch
@@ -50,10 +55,15 @@ class SpeechCollator:
             if self.readahead is not None:
                 self.readahead(cache_rows)
             return {"cache_rows": torch.tensor(cache_rows), "labels": batch}
-        return {"input_features": collate_features(rows), "labels": batch}
+        frames = window_frames(max(int(r["n_frames"]) for r in rows), self.window_s)
+        features = collate_features(rows, frames)
+        # Every frame is input (past the audio, the clip's floor is Whisper's padding); an explicit
+        # mask keeps the evaluation's `generate` from warning that the batch has none.
+        mask = torch.ones(features.shape[0], features.shape[-1], dtype=torch.long)
+        return {"input_features": features, "attention_mask": mask, "labels": batch}
 
 
-def with_cached_encoder(batch: dict[str, Any], cache: np.ndarray, kind: str, device: Any = None) -> dict[str, Any]:
+def with_cached_encoder(batch: dict[str, Any], cache: EncoderCache, kind: str, device: Any = None) -> dict[str, Any]:
     """A collated batch with its ``cache_rows`` replaced by the cached encoder side (on `device`)."""
     if "cache_rows" not in batch:
         return batch
@@ -61,7 +71,7 @@ def with_cached_encoder(batch: dict[str, Any], cache: np.ndarray, kind: str, dev
     return {**cached_inputs(cache, batch["cache_rows"].tolist(), kind, device), **rest}
 
 
-def trainer_class(cache: np.ndarray | None, kind: str | None) -> type:
+def trainer_class(cache: EncoderCache | None, kind: str | None) -> type:
     """Seq2SeqTrainer, or one that feeds training batches from the encoder cache."""
     from transformers import Seq2SeqTrainer
 

@@ -17,7 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .encoder_cache import DTYPES as CACHE_DTYPES
 from .encoder_cache import KINDS as CACHE_KINDS
+from .encoder_window import check_window_s
 from .errors import check_field_types, check_value_types, with_closest
 from .lora import LoraSettings
 from .models import DEFAULT_MODEL, check_model_spec
@@ -68,6 +70,16 @@ class TrainConfig:
     # Where that cache lives: None = the run folder; a folder shared by several runs (a search's
     # trials) holds one cache per model, store and kind, built once and read by all.
     encoder_cache_dir: str | None = None
+    # Seconds of audio the encoder sees per clip, in training and in evaluation during training
+    # (Whisper's own window is 30). 15 is the window the app serves with: it halves the encoder's
+    # work and a cross_kv cache. Saved in the model's config; `evaluate` scores on it by default.
+    encoder_window_s: float = 30.0
+    # Numbers the encoder cache holds: "float16", or "int8" (half the disk; a scale per 64 values).
+    encoder_cache_dtype: str = "float16"
+    # Compute the cache under bfloat16 autocast: 2-3x faster where the CPU has bf16 matrix units
+    # (AMX, AVX512-BF16) or on a GPU, at ~1 % rms error in the cached numbers. Off by default: the
+    # one paired comparison (docs/benchmarks.md) ended 5 WER points worse than a float32 cache.
+    encoder_cache_bf16: bool = False
     # SpecAugment, Whisper's own implementation (WhisperConfig mask_time_*/mask_feature_*).
     apply_spec_augment: bool = False
     mask_time_prob: float = 0.05
@@ -104,6 +116,9 @@ class TrainConfig:
             raise ValueError(f"dropout={self.dropout}: use a probability in [0, 1)")
         if self.encoder_cache is not None and self.encoder_cache not in CACHE_KINDS:
             raise ValueError(f"encoder_cache={self.encoder_cache!r}: use null, \"states\" or \"cross_kv\"")
+        check_window_s(self.encoder_window_s)
+        if self.encoder_cache_dtype not in CACHE_DTYPES:
+            raise ValueError(f"encoder_cache_dtype={self.encoder_cache_dtype!r}: use one of {CACHE_DTYPES}")
         if self.encoder_cache and (not self.freeze_encoder or self.apply_spec_augment):
             raise ValueError(
                 "encoder_cache needs freeze_encoder=true and apply_spec_augment=false: "

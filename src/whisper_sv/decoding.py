@@ -11,6 +11,7 @@ on, one 30 s window after another), so nothing is cut off silently.
 
 from __future__ import annotations
 
+import logging
 import zlib
 from dataclasses import dataclass
 from typing import Sequence
@@ -81,13 +82,40 @@ class DecodeOptions:
 
 
 def generate_texts(model, processor, features: np.ndarray, beam_size: int = 1, max_new_tokens: int = MAX_NEW_TOKENS) -> list[str]:
-    """Greedy (or beam) transcripts of a (B, n_mels, 3000) batch, Swedish forced."""
+    """Greedy (or beam) transcripts of a (B, n_mels, frames) batch, Swedish forced."""
     import torch  # the Transformers path only: the CTranslate2 backend serves without torch
 
+    quiet_library_notices()
     inputs = torch.from_numpy(np.ascontiguousarray(features)).to(model.device, model.dtype)
+    # Every frame is input (a clip's floor is Whisper's padding), and saying so is what keeps
+    # `generate` from warning that the batch has no attention mask.
+    mask = torch.ones(inputs.shape[0], inputs.shape[-1], dtype=torch.long, device=model.device)
     with torch.inference_mode():
-        ids = model.generate(inputs, language=LANGUAGE, task=TASK, num_beams=beam_size, max_new_tokens=max_new_tokens)
+        # Whisper's `generate` reads max_length as the tokens to generate after its prompt
+        # (`_set_max_new_tokens_and_length` adds the prompt); max_new_tokens would sit beside the
+        # model's max_length of 448 and warn at every batch that both are set.
+        ids = model.generate(inputs, attention_mask=mask, language=LANGUAGE, task=TASK, num_beams=beam_size,
+                             max_length=max_new_tokens)
     return [t.strip() for t in processor.batch_decode(ids, skip_special_tokens=True)]
+
+
+class _HarmlessNotice(logging.Filter):
+    """Drops a library notice that no caller can act on (see `quiet_library_notices`)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "together with generation-related arguments" not in record.getMessage()
+
+
+def quiet_library_notices() -> None:
+    """Silence the one generation notice whose cause is inside Transformers (idempotent).
+
+    Whisper's own `generate` calls the generic one with a generation config *and* the
+    suppress_tokens it took out of it (generation_whisper.py), and the generic one then says that
+    passing both "is deprecated": nothing a caller passes changes that, and decoding is unaffected.
+    """
+    logger = logging.getLogger("transformers.generation.utils")
+    if not any(isinstance(f, _HarmlessNotice) for f in logger.filters):
+        logger.addFilter(_HarmlessNotice())
 
 
 def transcribe_arrays(model, processor, audios: Sequence[np.ndarray], options: DecodeOptions = DecodeOptions()) -> list[str]:

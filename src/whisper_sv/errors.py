@@ -96,3 +96,24 @@ def describe_type(hint: Any) -> str:
     if isinstance(hint, type) and issubclass(hint, enum.Enum):
         return "one of " + ", ".join(repr(m.value) for m in hint)
     return getattr(hint, "__name__", str(hint))
+
+
+# Path errors are the user's wherever they are raised (a preset, a folder, a clip that is not there).
+PATH_ERRORS = (FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError, PermissionError)
+
+
+def is_user_error(err: BaseException) -> bool:
+    """A `UserError`, a path error, or a ValueError raised by this package's own code (not a library's)."""
+    if isinstance(err, (UserError,) + PATH_ERRORS):
+        return True
+    if not isinstance(err, ValueError):
+        return False
+    tb = err.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    module = tb.tb_frame.f_globals.get("__name__", "") if tb is not None else ""
+    return module == "whisper_sv" or module.startswith("whisper_sv.")
+
+
+def one_line(err: BaseException) -> str:
+    return " ".join(line.strip() for line in str(err).splitlines() if line.strip()) or type(err).__name__

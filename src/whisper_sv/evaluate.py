@@ -21,7 +21,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .audio import CHUNK_LENGTH
-from .decoding import generate_texts, token_budget
+from .decoding import generate_texts, token_budget, window_frames
+from .encoder_window import accept_short_windows, check_window_s, trained_window_s
 from .errors import UserError
 from .feature_store import CONFIG_NAME, FeatureStore
 from .fileio import write_atomic, write_json
@@ -79,13 +80,18 @@ def evaluate(
     beam_size: int = 1,
     max_samples: int | None = None,
     device: str | None = None,
+    window_s: float | None = None,
 ) -> dict:
     """Transcribe `split` of `data` with `model`; returns (and writes to `out`) the report.
 
     Report: ``wer``, ``wer_ortho``, ``cer`` (fractions), ``n``, the edit counts behind them
     (``word_errors``, ``words``, ``char_errors``, ``chars``), ``speakers`` and ``families`` (the
     same counts, ``wer`` and ``cer`` per speaker id and per voice family; "" is a source that
-    names no speaker), ``skipped``, ``model``, ``data``, ``split``, ``seconds``. Beside ``out``
+    names no speaker), ``skipped``, ``model``, ``data``, ``split``, ``window_s``, ``seconds``.
+
+    `window_s` is the encoder window, applied as the app's backend applies it (each batch is encoded
+    at its longest clip + 1 s, at least `window_s`: `decoding.window_frames`); None is the window the
+    model was fine-tuned on (encoder_window.py), 30 s for any other model. Beside ``out``
     (``report.json``) goes ``report.csv`` with id, speaker, reference, hypothesis and their
     normalised forms, one row per utterance.
     """
@@ -95,15 +101,17 @@ def evaluate(
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     t0 = time.perf_counter()
     net, processor = load_model(model, device=device)
-    net.generation_config.max_length = None  # each batch gets max_new_tokens from token_budget
+    window = trained_window_s(net.config) if window_s is None else check_window_s(window_s)
+    accept_short_windows(net)
     n_mels = net.config.num_mel_bins
     skipped: list[dict] = []
     rows: list[dict] = []
     batch: list[tuple[str, str, np.ndarray, int, str]] = []
 
     def flush():
-        budget = token_budget(max(b[3] for b in batch))
-        texts = generate_texts(net, processor, np.stack([b[2] for b in batch]), beam_size, budget)
+        longest = max(b[3] for b in batch)
+        frames = window_frames(longest, window)  # past a clip's frames the features are its floor: a cut is a pad
+        texts = generate_texts(net, processor, np.stack([b[2][:, :frames] for b in batch]), beam_size, token_budget(longest))
         rows.extend({"id": i, "speaker": s, "reference": r, "hypothesis": h} for (i, r, _, _, s), h in zip(batch, texts))
         batch.clear()
 
@@ -122,7 +130,7 @@ def evaluate(
         raise ValueError(f"no utterances could be scored in {data}:{split} ({len(skipped)} skipped)")
     report = {
         **score(rows), "skipped": skipped, "model": model, "data": str(data), "split": split,
-        "seconds": round(time.perf_counter() - t0, 1),
+        "window_s": window, "seconds": round(time.perf_counter() - t0, 1),
     }
     if out is not None:
         write_report(report, rows, Path(out))
@@ -165,11 +173,14 @@ def add_cli(sub) -> None:
     p.add_argument("--batch-size", type=int, default=BATCH_SIZE)
     p.add_argument("--beam-size", type=int, default=1)
     p.add_argument("--max-samples", type=int, default=None, help="score only the first N utterances")
+    p.add_argument("--window-s", type=float, default=None,
+                   help="encoder window in seconds, as the app applies it (default: the one the model was fine-tuned on, else 30)")
     p.set_defaults(func=_run_cli)
 
 
 def _run_cli(args) -> int:
-    report = evaluate(args.model, args.data, args.split, args.out, args.batch_size, args.beam_size, args.max_samples)
+    report = evaluate(args.model, args.data, args.split, args.out, args.batch_size, args.beam_size, args.max_samples,
+                      window_s=args.window_s)
     # Per speaker only in the report file: a Common Voice split has thousands of them.
     shown = {k: v for k, v in report.items() if k not in ("skipped", "speakers")}
     print(json.dumps(shown | {"speakers": len(report["speakers"]), "skipped": len(report["skipped"])}, ensure_ascii=False))

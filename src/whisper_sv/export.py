@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from .audio import CHUNK_LENGTH
+from .encoder_window import WINDOW_KEY
 from .fileio import atomic_folder
 from .models import DEFAULT_MODEL, resolve_model
 
@@ -44,9 +46,20 @@ def export_ct2(model: str = DEFAULT_MODEL, out: str | Path = "ct2", quantization
         converter.convert(str(tmp), quantization=quantization, force=True)
         _complete_side_files(source, tmp)
         (tmp / "whisper_sv_export.json").write_text(
-            json.dumps({"model": model, "quantization": quantization, "ctranslate2": ctranslate2.__version__}, indent=2)
+            json.dumps({"model": model, "quantization": quantization, "ctranslate2": ctranslate2.__version__,
+                        # the encoder window it was fine-tuned on: serve it with at least this --min-window
+                        "window_s": _trained_window_s(source)}, indent=2)
         )
     return out
+
+
+def _trained_window_s(source: str) -> float:
+    """The fine-tuning window recorded in a model folder's config.json (encoder_window.py), else 30."""
+    try:
+        config = json.loads((Path(source) / "config.json").read_text())
+    except (OSError, ValueError):
+        config = {}
+    return float(config.get(WINDOW_KEY) or CHUNK_LENGTH)
 
 
 def _complete_side_files(source: str, folder: Path) -> None:

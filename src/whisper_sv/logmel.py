@@ -117,18 +117,20 @@ def log_mel(audio: np.ndarray, n_mels: int = 80) -> tuple[np.ndarray, int, float
     return log_spec.numpy(), n_frames, pad_value
 
 
-def pad_features(compact: np.ndarray, n_frames: int | None = None, pad_value: float = -1.5) -> np.ndarray:
-    """The (n_mels, 3000) float32 Whisper input from a compact log-mel and its floor."""
+def pad_features(compact: np.ndarray, n_frames: int | None = None, pad_value: float = -1.5, frames: int = N_FRAMES) -> np.ndarray:
+    """The (n_mels, `frames`) float32 Whisper input from a compact log-mel and its floor (3,000
+    frames = Whisper's 30 s window; fewer for a shorter encoder window, encoder_window.py)."""
     compact = np.asarray(compact, dtype=np.float32)
     n_frames = compact.shape[-1] if n_frames is None else int(n_frames)
-    assert compact.ndim == 2 and compact.shape[1] == n_frames <= N_FRAMES, (compact.shape, n_frames)
-    full = np.full((compact.shape[0], N_FRAMES), pad_value, dtype=np.float32)
+    assert compact.ndim == 2 and compact.shape[1] == n_frames <= frames <= N_FRAMES, (compact.shape, n_frames, frames)
+    full = np.full((compact.shape[0], frames), pad_value, dtype=np.float32)
     full[:, :n_frames] = compact
     return full
 
 
-def collate_features(rows: Sequence[dict[str, Any]]):
-    """Stack feature-store rows into a float32 torch tensor (batch, n_mels, 3000).
+def collate_features(rows: Sequence[dict[str, Any]], frames: int = N_FRAMES):
+    """Stack feature-store rows into a float32 torch tensor (batch, n_mels, `frames`), 3000 frames
+    being Whisper's 30 s window.
 
     Each row needs ``input_features`` (n_mels, n_frames; nested lists or an array, any float
     dtype), ``n_frames`` and ``pad_value``, as `FeatureStore.dataset()` yields them.
@@ -136,7 +138,7 @@ def collate_features(rows: Sequence[dict[str, Any]]):
     import torch  # deferred, as in _torch_state
 
     batch = [
-        pad_features(_as_2d(r["input_features"], r["n_frames"]), r["n_frames"], r["pad_value"]) for r in rows
+        pad_features(_as_2d(r["input_features"], r["n_frames"]), r["n_frames"], r["pad_value"], frames) for r in rows
     ]
     return torch.from_numpy(np.stack(batch))
 

@@ -63,18 +63,16 @@ class SynthConfig:
     sentences: str = BUNDLED_SENTENCES
     # Voice families, comma-separated: espeak (16 espeak-ng formant voices) and/or mbrola (MBROLA's
     # diphone voices of two real Swedish speakers; `make setup` installs them). Per clip a family,
-    # then a voice of it, a rate and a pitch are drawn. Only espeak by default for now: the demo's
-    # recipe and its WER figures are measured on the espeak corpus; switching the default to both
-    # families waits for the demo to be re-measured.
-    voices: str = "espeak"
+    # then a voice of it, a rate and a pitch are drawn. auto: both where MBROLA is installed, else
+    # espeak alone (said in one line); synth.json records which.
+    voices: str = "auto"
     # Speaker ids kept out of training, comma-separated (e.g. mbrola-sw2): their clips are all in
     # the test split, never in train or dev, so the test holds a speaker the model never heard.
     holdout_speakers: str = ""
     # Acoustic realism: each clip gets the room, noise, telephone line, level and speed below,
-    # drawn from the seed; off (the default) gives the clean corpus. The ranges below are a guess
-    # at everyday recordings (mostly quiet, some rooms, a few phone calls), not yet fitted to
-    # anything measured: tune them when the demo is re-measured on this corpus.
-    realism: bool = False
+    # drawn from the seed; --realism false gives the clean corpus. The ranges below are a guess at
+    # everyday recordings (mostly quiet, some rooms, a few phone calls), not fitted to anything measured.
+    realism: bool = True
     # Background noise (white, pink or brown) at an SNR drawn in [low, high] dB; null: no noise.
     snr_db: list[float] | None = field(default_factory=lambda: [10.0, 40.0])
     reverb_share: float = 0.3  # share of clips spoken in a room (a synthetic exponential-decay impulse response)

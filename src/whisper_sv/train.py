@@ -25,12 +25,15 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
+from .audio import N_FRAMES
 from .checkpoints import mark_complete, resume_checkpoint
 from .collator import SpeechCollator, keep_freed_memory, trainer_class
 from .config import TRAINING_DEFAULTS, TrainConfig, load_config, parse_overrides
+from .decoding import quiet_library_notices
 from .distributed import barrier, is_main_process, main_only, main_process_first, world_size
 from .distributed import setup as setup_distributed
 from .encoder_cache import build_encoder_cache, cache_key, freeze_cross_attention_kv, readahead_for
+from .encoder_window import accept_short_windows, frames_for, record_window
 from .feature_store import FeatureStore
 from .fileio import claim_folder, write_json
 from .locks import folder_lock
@@ -132,6 +135,8 @@ def prepare_model(cfg: TrainConfig, feature_config: dict[str, Any], lora: LoraSe
             module.requires_grad_(False)
     if cfg.encoder_cache == "cross_kv":
         freeze_cross_attention_kv(model)
+    accept_short_windows(model)  # the encoder takes the run's window (encoder_window.py)
+    record_window(model, cfg.encoder_window_s)  # saved with the model: evaluate's default window
     return model, processor
 
 
@@ -145,6 +150,7 @@ def train(cfg: TrainConfig, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     import torch
     from transformers import EarlyStoppingCallback, Seq2SeqTrainingArguments
 
+    quiet_library_notices()  # the evaluation's generate (decoding.py says why)
     lora = LoraSettings.parse(cfg.lora)
     if lora is not None:
         check_device(lora)  # a quantized base on a CPU is refused before any data is read
@@ -161,15 +167,18 @@ def train(cfg: TrainConfig, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     model, processor = prepare_model(cfg, feature_config, lora)
     cache = readahead = None
     if cfg.encoder_cache:
+        frames = frames_for(cfg.encoder_window_s)
+        train_ds = fit_to_window(train_ds, frames)
         shards = [r["sha256"] for r in FeatureStore(cfg.train_data).manifest]
-        key = cache_key(cfg.model, shards, len(train_ds), cfg.encoder_cache)
+        key = cache_key(cfg.model, shards, len(train_ds), cfg.encoder_cache, frames, cfg.encoder_cache_dtype, cfg.encoder_cache_bf16)
         # One cache per (model, shards, rows, kind): runs that share encoder_cache_dir (the trials
         # of a search) build it once and all read it.
         folder = Path(cfg.encoder_cache_dir) / key if cfg.encoder_cache_dir else run_dir / "encoder_cache"
         # Built by the main process while the others wait; then they call it too, find every row done
         # and get the cache read-only (distributed.py).
         with main_process_first(), folder_lock(folder):
-            cache = build_encoder_cache(model, train_ds, folder, key, cfg.encoder_cache)
+            cache = build_encoder_cache(model, train_ds, folder, key, cfg.encoder_cache, frames=frames, dtype=cfg.encoder_cache_dtype,
+                                        bf16=cfg.encoder_cache_bf16)
         readahead = readahead_for(cache)
         train_ds = train_ds.remove_columns(["input_features"]).add_column("cache_row", list(range(len(train_ds))))
     if lora is not None:  # after the cache: it holds the base encoder's (and cross-attention's) outputs
@@ -198,7 +207,7 @@ def train(cfg: TrainConfig, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
         args=args,
         train_dataset=train_ds,
         eval_dataset=eval_ds,
-        data_collator=SpeechCollator(model.config.decoder_start_token_id, readahead),
+        data_collator=SpeechCollator(model.config.decoder_start_token_id, readahead, cfg.encoder_window_s),
         compute_metrics=compute_metrics,
         processing_class=processor,
         callbacks=all_callbacks,
@@ -234,6 +243,20 @@ def train(cfg: TrainConfig, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     if cfg.push_to_hub:
         push_final(final, cfg.hub_model_id)
     return {"final": final, "metrics": metrics, "resumed_from": resume}
+
+
+def fit_to_window(train_ds, frames: int):
+    """The training rows that fit a fixed encoder window of `frames` with 1 s to spare (as the app
+    encodes them: `decoding.window_frames`); a cache holds every clip at one window, so longer
+    clips are left out, never cut, and their count is printed."""
+    if frames >= N_FRAMES:
+        return train_ds
+    keep = [i for i, n in enumerate(train_ds["n_frames"]) if n + 100 <= frames]
+    if len(keep) < len(train_ds):
+        print(f"encoder window {frames / 100:g} s: {len(train_ds) - len(keep)} of {len(train_ds)} training clips "
+              f"are longer than {frames / 100 - 1:g} s and are left out (use a longer encoder_window_s to keep them)")
+        train_ds = train_ds.select(keep)
+    return train_ds
 
 
 def _each_eval_clip_once(base: type) -> type:

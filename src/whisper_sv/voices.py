@@ -66,8 +66,23 @@ INSTALL_MBROLA = (
 )
 
 
+AUTO = "auto"  # every family that renders here: espeak, and mbrola where MBROLA's Swedish voices are installed
+
+
+@cache
+def available_families() -> tuple[str, ...]:
+    """What ``auto`` means on this machine; where MBROLA is missing it says so, once, in one line."""
+    if missing_voices(("mbrola",)):
+        print(f"MBROLA's Swedish voices are not installed, so the corpus uses espeak-ng's voices only: {INSTALL_MBROLA}")
+        return ("espeak",)
+    return tuple(FAMILIES)
+
+
 def parse_families(text: str) -> tuple[str, ...]:
-    """``"mbrola, espeak"`` -> ``("espeak", "mbrola")``: known families, each once, in `FAMILIES` order."""
+    """``"mbrola, espeak"`` -> ``("espeak", "mbrola")``: known families, each once, in `FAMILIES`
+    order; ``"auto"`` -> the families that render here (`available_families`)."""
+    if text.strip() == AUTO:
+        return available_families()
     names = {n.strip() for n in text.split(",") if n.strip()}
     unknown = sorted(names - set(FAMILIES))
     if unknown or not names:
