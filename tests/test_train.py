@@ -306,3 +306,40 @@ def test_keep_freed_memory_keeps_big_blocks_for_the_next_step():
         return int(out.stdout.split()[-1])
 
     assert rss("keep") - rss("default") > 150_000_000
+
+
+@pytest.mark.parametrize("cached", [False, True], ids=["features", "cross_kv_cache"])
+def test_label_smoothing_trains_with_and_without_the_cache(sv_stores, tmp_path, cached):
+    """`label_smoothing_factor` (a Seq2SeqTrainingArguments key a preset may set): the Trainer takes
+    the labels out before the forward pass, so the decoder's inputs must come from elsewhere. The
+    loss is the smoothed loss of the model's own right shift, and 0 gives the model's plain loss."""
+    import torch
+    from transformers import Seq2SeqTrainingArguments
+    from transformers.trainer_pt_utils import LabelSmoother
+
+    from whisper_sv.collator import trainer_class
+    from whisper_sv.encoder_cache import build_encoder_cache, freeze_cross_attention_kv
+    from whisper_sv.feature_store import FeatureStore
+    from whisper_sv.models import load_model
+
+    model, _ = load_model("random:tiny")
+    model.freeze_encoder()
+    freeze_cross_attention_kv(model)
+    data = FeatureStore(sv_stores["dev"]).dataset()
+    rows = [data[i] for i in range(4)]
+    start = model.config.decoder_start_token_id
+    plain = SpeechCollator(start)(rows)
+    cache, batch = None, plain
+    if cached:
+        cache = build_encoder_cache(model, data, tmp_path / "cache", key="k", kind="cross_kv", dtype="float16")
+        batch = SpeechCollator(start)([dict(r, cache_row=i) for i, r in enumerate(rows)])
+    model.eval()  # no dropout: the losses are compared exactly
+    with torch.no_grad():
+        reference = model(**plain)
+        smoothed = LabelSmoother(epsilon=0.1)(reference, plain["labels"], shift_labels=False).item()
+        for factor, expected in ((0.1, smoothed), (0.0, reference.loss.item())):
+            args = Seq2SeqTrainingArguments(output_dir=str(tmp_path / "run"), label_smoothing_factor=factor,
+                                            use_cpu=True, report_to=[])
+            trainer = trainer_class(cache, "cross_kv" if cached else None)(model=model, args=args)
+            got = trainer.compute_loss(model, dict(batch)).item()
+            assert got == pytest.approx(expected, rel=2e-3), factor

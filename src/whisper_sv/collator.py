@@ -72,17 +72,28 @@ def with_cached_encoder(batch: dict[str, Any], cache: EncoderCache, kind: str, d
 
 
 def trainer_class(cache: EncoderCache | None, kind: str | None) -> type:
-    """Seq2SeqTrainer, or one that feeds training batches from the encoder cache."""
+    """Seq2SeqTrainer that feeds training batches from the encoder cache (when there is one) and
+    keeps `label_smoothing_factor` working."""
     from transformers import Seq2SeqTrainer
 
-    if cache is None:
-        return Seq2SeqTrainer
-
-    class CachedEncoderTrainer(Seq2SeqTrainer):
+    class SpeechTrainer(Seq2SeqTrainer):
         def compute_loss(self, model, inputs, *args, **kwargs):
-            return super().compute_loss(model, with_cached_encoder(inputs, cache, kind, self.args.device), *args, **kwargs)
+            inputs = with_cached_encoder(inputs, cache, kind, self.args.device) if cache is not None else inputs
+            if self.label_smoother is not None and "labels" in inputs and "decoder_input_ids" not in inputs:
+                # With label smoothing the Trainer takes `labels` out of the inputs before the forward
+                # pass, and Whisper builds its decoder inputs only from labels: give them here, the
+                # same right shift the model would make.
+                inputs = {**inputs, "decoder_input_ids": _shift_right(inputs["labels"], model)}
+            return super().compute_loss(model, inputs, *args, **kwargs)
 
-    return CachedEncoderTrainer
+    return SpeechTrainer
+
+
+def _shift_right(labels, model):
+    from transformers.models.whisper.modeling_whisper import shift_tokens_right
+
+    config = getattr(model, "module", model).config  # DDP wraps the model
+    return shift_tokens_right(labels, config.pad_token_id, config.decoder_start_token_id)
 
 
 def keep_freed_memory() -> bool:
