@@ -19,7 +19,7 @@ parameters, steps done, seconds per step (median), peak RSS, and what the run sh
 size; the merged final/ is the same size for every arm). Writes --out (JSON) and prints a
 markdown table.
 
-    flock /tmp/whisper_sv_bench.lock python bench/lora_vs_full.py                   # ~11 min an arm
+    flock /tmp/whisper_sv_bench.lock python bench/lora_vs_full.py                   # ~9 min an arm
     python bench/lora_vs_full.py --seconds 120 --clips 32 --test-clips 8 --work /tmp/lvf   # a smoke run
 """
 
@@ -40,7 +40,7 @@ OUT = ROOT / "bench" / "out"
 RECIPE = ROOT / "configs" / "cpu-demo.json"
 ARMS = ("cpu-demo", "lora-decoder", "lora-both")
 # The cpu-demo recipe's recorded train stage (docs/benchmarks.md, issue #11): cache, loading and 500 steps.
-DEMO_SECONDS = 625
+DEMO_SECONDS = 504
 
 
 def arm_overrides(arm: str, args) -> dict:
