@@ -75,6 +75,7 @@ def trainer_class(cache: EncoderCache | None, kind: str | None) -> type:
     """Seq2SeqTrainer that feeds training batches from the encoder cache (when there is one) and
     keeps `label_smoothing_factor` working."""
     from transformers import Seq2SeqTrainer
+    from transformers.models.whisper.modeling_whisper import shift_tokens_right
 
     class SpeechTrainer(Seq2SeqTrainer):
         def compute_loss(self, model, inputs, *args, **kwargs):
@@ -83,17 +84,12 @@ def trainer_class(cache: EncoderCache | None, kind: str | None) -> type:
                 # With label smoothing the Trainer takes `labels` out of the inputs before the forward
                 # pass, and Whisper builds its decoder inputs only from labels: give them here, the
                 # same right shift the model would make.
-                inputs = {**inputs, "decoder_input_ids": _shift_right(inputs["labels"], model)}
+                config = self.model.config  # the Trainer's own model: never the DDP wrapper
+                shifted = shift_tokens_right(inputs["labels"], config.pad_token_id, config.decoder_start_token_id)
+                inputs = {**inputs, "decoder_input_ids": shifted}
             return super().compute_loss(model, inputs, *args, **kwargs)
 
     return SpeechTrainer
-
-
-def _shift_right(labels, model):
-    from transformers.models.whisper.modeling_whisper import shift_tokens_right
-
-    config = getattr(model, "module", model).config  # DDP wraps the model
-    return shift_tokens_right(labels, config.pad_token_id, config.decoder_start_token_id)
 
 
 def keep_freed_memory() -> bool:
