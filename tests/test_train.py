@@ -343,3 +343,47 @@ def test_label_smoothing_trains_with_and_without_the_cache(sv_stores, tmp_path, 
             trainer = trainer_class(cache, "cross_kv" if cached else None)(model=model, args=args)
             got = trainer.compute_loss(model, dict(batch)).item()
             assert got == pytest.approx(expected, rel=2e-3), factor
+
+
+def test_precision_bf16_on_a_cpu_asks_the_trainer_for_cpu_autocast(monkeypatch):
+    import torch
+
+    import whisper_sv.train as train_module
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(train_module, "cpu_has_bf16", lambda: True)
+    assert train_module.pick_precision("bf16") == {"bf16": True, "fp16": False, "use_cpu": True}
+    assert train_module.pick_precision("auto") == {"bf16": False, "fp16": False}  # exact unless asked
+    with pytest.raises(ValueError, match="needs a CUDA GPU"):
+        train_module.pick_precision("fp16")
+    monkeypatch.setattr(train_module, "cpu_has_bf16", lambda: False)  # emulated bf16 is slower than float32
+    assert train_module.pick_precision("bf16") == {"bf16": False, "fp16": False}
+
+
+def test_bf16_on_a_cpu_trains_under_autocast_and_saves_float32(sv_stores, tmp_path, monkeypatch):
+    """The cpu-demo preset trains with `precision: bf16` on the CPU: the layers compute in bfloat16
+    (autocast), the weights stay float32, and evaluation's generate runs under it too."""
+    import torch
+    from safetensors import safe_open
+    from transformers import TrainerCallback
+
+    import whisper_sv.train as train_module
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(train_module, "cpu_has_bf16", lambda: True)  # emulated where not: slower, same numbers
+    seen = set()
+
+    class Watch(TrainerCallback):
+        def on_train_begin(self, args, state, control, model=None, **kwargs):
+            model.model.decoder.layers[0].fc1.register_forward_hook(lambda m, i, out: seen.add(out.dtype))
+
+    cfg = load_config(ROOT / "configs" / "tiny.json", {
+        "train_data": str(sv_stores["train"]), "eval_data": str(sv_stores["dev"]),
+        "output_dir": str(tmp_path / "run"), "max_steps": 2, "eval_steps": 2, "save_steps": 2, "figure": None,
+        "precision": "bf16", "freeze_encoder": True, "encoder_cache": "states", "encoder_cache_dtype": "int8",
+    })
+    result = train_module.train(cfg, callbacks=[Watch()])
+    assert seen == {torch.bfloat16}
+    assert np.isfinite(result["metrics"]["eval_wer"])
+    with safe_open(str(result["final"] / "model.safetensors"), "pt") as f:
+        assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"F32"}
