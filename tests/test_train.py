@@ -78,10 +78,13 @@ def _tensors(path):
 # The CPU recipe's path too: batches from a cross_kv encoder cache, collated and read ahead in a
 # DataLoader worker, embeddings frozen.
 CACHED = dict(freeze_encoder=True, encoder_cache="cross_kv", freeze_embeddings=True, dataloader_num_workers=1)
+# The cpu-demo preset's: a states cache in int8 at 15 s, training under bf16 autocast (float32 where
+# the CPU has no bf16 units: then this repeats the float32 case).
+DEMO = dict(CACHED, encoder_cache="states", encoder_cache_dtype="int8", encoder_window_s=15, precision="bf16")
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("recipe", [{}, CACHED], ids=["features", "cross_kv_cache"])
+@pytest.mark.parametrize("recipe", [{}, CACHED, DEMO], ids=["features", "cross_kv_cache", "demo_states_bf16"])
 def test_sigkill_midway_and_resume_gives_identical_weights_and_one_history(sv_stores, tmp_path, recipe):
     steps = dict(max_steps=8, save_steps=2, logging_steps=1, **recipe)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -121,7 +124,7 @@ def test_sigkill_midway_and_resume_gives_identical_weights_and_one_history(sv_st
             np.testing.assert_array_equal(b[name], start[name], err_msg=f"{name} should be frozen")
         assert not np.array_equal(b["model.decoder.layers.0.fc1.weight"], start["model.decoder.layers.0.fc1.weight"])
         meta = json.loads((run / "encoder_cache" / "cache.json").read_text())
-        assert meta["done"] == meta["shape"][0] and meta["kind"] == "cross_kv"
+        assert meta["done"] == meta["shape"][0] and meta["kind"] == recipe["encoder_cache"]
 
 
 def test_set_aside_incomplete_keeps_finished_ones(tmp_path):
