@@ -41,8 +41,8 @@ ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "bench" / "out"
 RECIPE = ROOT / "configs" / "cpu-demo.json"
 ARMS = ("cpu-demo", "lora-decoder", "lora-both")
-# The cpu-demo recipe's recorded train stage (docs/benchmarks.md, issue #11, run 5): cache, loading, 750 steps.
-DEMO_SECONDS = 653
+# The cpu-demo recipe's recorded train stage (docs/benchmarks.md, issue #11, run 7): cache, loading, 650 steps.
+DEMO_SECONDS = 627
 
 
 def arm_overrides(arm: str, args) -> dict:
