@@ -21,7 +21,7 @@ parameters, steps done, seconds per step (median), peak RSS, and what the run sh
 size; the merged final/ is the same size for every arm). Writes --out (JSON) and prints a
 markdown table.
 
-    flock /tmp/whisper_sv_bench.lock python bench/lora_vs_full.py                   # ~9 min an arm
+    flock /tmp/whisper_sv_bench.lock python bench/lora_vs_full.py                   # ~11 min an arm
     python bench/lora_vs_full.py --seconds 120 --clips 32 --test-clips 8 --work /tmp/lvf   # a smoke run
 """
 
