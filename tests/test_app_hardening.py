@@ -4,8 +4,8 @@ request costs are bounded (text, files and bytes per upload, decoded samples, ge
 uploads are deleted; every error is a message, never ``null``; refusals log one line.
 
 One server per module (packaged base with faster-whisper int8, a tiny GPT-2 with 128 positions),
-its upload folder in a temporary directory. Gradio reads its upload folder from the environment, so
-it is one per process: the short-lived apps some tests start use the same folder.
+its upload folder made inside a temporary directory. Gradio reads its upload folder from the
+environment, so it is one per process: the short-lived apps some tests start share it.
 """
 
 from __future__ import annotations
@@ -54,10 +54,10 @@ def clip(tmp_path_factory) -> Path:
 def server(tmp_path_factory, transcriber):
     lm = build_tiny_lm(tmp_path_factory.mktemp("tiny-gpt2"))  # 128 positions
     uploads = tmp_path_factory.mktemp("uploads")
-    stale = uploads / ("ab" * 32)  # a Gradio upload folder left by an earlier run ...
+    stale = uploads / ("ab" * 32)  # the user's folder, named like one of Gradio's upload folders ...
     stale.mkdir()
     (stale / "old.wav").write_bytes(b"RIFF")
-    unrelated = uploads / "notes.txt"  # ... and a file Gradio did not make
+    unrelated = uploads / "notes.txt"  # ... and the user's file: the app makes its own folder beside them
     unrelated.write_text("keep me")
     cfg = AppConfig(lm=str(lm), port=free_port(), max_upload_mb=MAX_UPLOAD_MB, max_seconds=MAX_SECONDS,
                     upload_dir=str(uploads))
@@ -173,9 +173,9 @@ def _multipart(files: list[tuple[str, bytes]]) -> tuple[bytes, str]:
     return b"".join(parts) + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
 
 
-def test_uploads_from_an_earlier_run_are_deleted_at_start_up(server):
-    assert not server.stale.exists()
-    assert server.unrelated.read_text() == "keep me"  # only what Gradio makes is deleted
+def test_start_up_deletes_nothing_in_the_upload_dir(server):
+    assert (server.stale / "old.wav").read_bytes() == b"RIFF"
+    assert server.unrelated.read_text() == "keep me"  # the app deletes only the folder it made
 
 
 @pytest.mark.slow
@@ -190,7 +190,7 @@ def test_uploads_are_deleted_after_use_and_at_shutdown(server, transcriber, tmp_
     try:
         assert transcribe(Client(url, verbose=False), clip)
         for _ in range(300):  # Gradio's sweep runs every second here
-            if not stored(uploads):
+            if not [p for p in stored(uploads) if p.name == clip.name]:
                 break
             time.sleep(0.1)
         assert [p for p in stored(uploads) if p.name == clip.name] == []
@@ -326,3 +326,51 @@ def test_refused_upload_logs_one_line_and_no_traceback(client, tmp_path, caplog,
     assert "Traceback" not in err, err
     lines = [r for r in caplog.records if r.name.startswith("whisper_sv") and "refused upload" in r.getMessage()]
     assert len(lines) == 1 and "\n" not in lines[0].getMessage() and lines[0].exc_info is None
+
+
+# 8. Values of the wrong type: a message and one log line, never a traceback or `null` ----------------
+
+WRONG_TYPES = [
+    ("continue", [["Hej"], 8, 0.0], "The text must be a string, not a list."),
+    ("continue", [{"text": "Hej"}, 8, 0.0], "The text must be a string, not an object."),
+    ("continue", [42, 8, 0.0], "The text must be a string, not a number."),
+    ("continue", ["Hej", "abc", 0.0], "The length must be a number, not a string."),
+    ("continue", ["Hej", None, 0.0], "The length must be a number, not null."),
+    ("continue", ["Hej", True, 0.0], "The length must be a number, not true/false."),
+    ("continue", ["Hej", 8, "abc"], "The temperature must be a number, not a string."),
+    ("continue", ["Hej", 8, None], "The temperature must be a number, not null."),
+    ("continue", ["Hej", 8, [0.5]], "The temperature must be a number, not a list."),
+    ("continue", ["Hej"], "/continue takes 3 values (text, length, temperature); the request sent 1."),
+    ("transcribe", [5], "The audio must be a file uploaded to this server"),
+    ("transcribe", ["/etc/passwd"], "The audio must be a file uploaded to this server"),
+    ("transcribe", [[1, 2]], "The audio must be a file uploaded to this server"),
+    ("transcribe", [{"path": 5}], "The audio must be a file uploaded to this server"),
+    ("transcribe", [], "/transcribe takes 1 value (the audio file)"),
+]
+
+
+@pytest.mark.parametrize("endpoint, data, message", WRONG_TYPES, ids=[json.dumps(d) for _, d, _ in WRONG_TYPES])
+def test_values_of_the_wrong_type_get_a_message_and_one_log_line(server, endpoint, data, message, caplog, capfd):
+    capfd.readouterr()
+    with caplog.at_level(logging.INFO, logger="whisper_sv"):
+        r = httpx.post(f"{server.url}/gradio_api/call/{endpoint}", json={"data": data})
+        assert r.status_code == 200, r.text
+        events = httpx.get(f"{server.url}/gradio_api/call/{endpoint}/{r.json()['event_id']}", timeout=60).text
+    assert "event: error" in events, events
+    error = json.loads(events.split("event: error", 1)[1].split("data:", 1)[1].splitlines()[0])
+    assert isinstance(error, dict) and isinstance(error.get("error"), str), events  # never `null`
+    assert error["error"].startswith(message) and "\n" not in error["error"]
+    _, err = capfd.readouterr()
+    assert "Traceback" not in err, err
+    lines = [r for r in caplog.records
+             if r.name.startswith("whisper_sv") and f"refused /{endpoint} request" in r.getMessage()]
+    assert len(lines) == 1 and "\n" not in lines[0].getMessage() and lines[0].exc_info is None
+
+
+def test_values_of_the_wrong_type_through_gradio_client(client):
+    with pytest.raises(AppError, match="The text must be a string, not a list."):
+        client.predict(["Hej", "då"], 8, 0.0, api_name="/continue")
+    with pytest.raises(AppError, match="The length must be a number, not a string."):
+        client.predict("Hej", "abc", 0.0, api_name="/continue")
+    with pytest.raises(AppError, match="The audio must be a file uploaded to this server"):
+        client.predict(3, api_name="/transcribe")

@@ -7,10 +7,17 @@ page shows. It is built to be exposed:
 * uploads over ``max_upload_mb`` are refused by Gradio with HTTP 413 before they reach the model;
   `RequestLimits` refuses, with 413 and a message, an upload request with more than
   ``max_files_per_upload`` files or bytes, and any other request body over `MAX_BODY_BYTES`;
-* uploads live in the app's own folder (`UploadFolder`) and are deleted ``upload_ttl_s`` after
-  they arrive (Gradio's ``delete_cache``; not at once, since identical uploads share one path and
-  the page replays and re-sends its upload), and all at start-up and shutdown; new uploads get
-  HTTP 503 while the folder holds ``max_upload_store_mb``;
+* uploads live in a folder the app makes itself (`claim_upload_folder`): a fresh
+  ``whisper-sv-uploads-XXXXXXXX`` inside ``upload_dir`` (default: the system's temporary folder),
+  marked as the app's by a ``.whisper-sv-uploads`` file that names its process and holds a lock
+  while it runs. Gradio's cache (GRADIO_TEMP_DIR) is that folder, so only the app's own uploads are
+  served, never other files in ``upload_dir``. Uploads are deleted ``upload_ttl_s`` after they
+  arrive (Gradio's ``delete_cache`` and `UploadFolder`'s sweep; not at once, since identical
+  uploads share one path and the page replays and re-sends its upload), and the whole folder when
+  the app stops: ``demo.close()``, Ctrl-C, SIGTERM, or any exit Python sees. Folders left by a
+  killed run are deleted at the next start once their process is gone; nothing else in
+  ``upload_dir`` is ever deleted. New uploads get HTTP 503 while the folder holds
+  ``max_upload_store_mb``;
 * every upload goes through `whisper_sv.audio.load_audio` with ``max_seconds``: it decodes only
   audio containers named by their bytes (a playlist named ``x.mp3`` that points at a server file
   is refused, never opened), stops as soon as the clip is too long or holds too many samples, so a
@@ -18,22 +25,30 @@ page shows. It is built to be exposed:
   count is mixed down and resampled;
 * ``/continue`` refuses text over `MAX_TEXT_CHARS` before tokenising it and refuses or clamps
   generation settings the model cannot run;
+* values of the wrong type (a list for the text, "abc" or null for a number, a number for the
+  audio) are refused before Gradio's components read them (`check_inputs`);
 * every failure is one plain message for the client and one line in the server log, never a
-  traceback or an empty ``error: null`` (issue #13);
+  traceback or an empty ``error: null``;
 * the queue has a size limit and each model runs ``concurrency`` requests at a time;
-* Gradio serves only its own upload cache and static files; the working folder and the model
-  cache are blocked explicitly as well.
+* Gradio serves only the app's upload folder and its static files; the working folder, the model
+  cache and the folder's marker are blocked explicitly as well.
 """
 
 from __future__ import annotations
 
 import argparse
+import atexit
+import functools
+import json
 import logging
 import math
 import os
 import re
 import shutil
+import signal
+import stat
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +62,7 @@ from .continuation import (
     GenerationSettings,
     check_text,
 )
+from .errors import UserError
 from .inference import BACKENDS, NO_SPEECH, InferenceOptions, Transcriber, pick_backend
 from .options import add_options, build, options_from
 
@@ -86,8 +102,8 @@ class AppConfig:
     port: int = 7860  # TCP port
     max_upload_mb: float = 25.0  # bigger uploads get HTTP 413
     max_files_per_upload: int = 1  # the page sends one file per upload; more get HTTP 413
-    # Folder for uploads, emptied at start-up; null: <temp>/whisper-sv-uploads. Set as
-    # GRADIO_TEMP_DIR, which Gradio reads at every check: one folder per process, shared by its apps.
+    # Where the app makes its own upload folder (whisper-sv-uploads-XXXXXXXX, deleted when it stops);
+    # nothing else in it is touched. null: the system's temporary folder.
     upload_dir: str | None = None
     upload_ttl_s: float = 600.0  # uploads are deleted this long after they arrive
     max_upload_store_mb: float = 1024.0  # new uploads get HTTP 503 while the folder holds this much
@@ -109,9 +125,9 @@ class AppConfig:
         _check_host(self.host)
 
     @property
-    def upload_folder(self) -> Path:
-        """Where Gradio stores this app's uploads."""
-        return Path(self.upload_dir or Path(tempfile.gettempdir()) / "whisper-sv-uploads").resolve()
+    def upload_parent(self) -> Path:
+        """The folder in which the app makes its own upload folder."""
+        return Path(self.upload_dir or tempfile.gettempdir()).expanduser().resolve()
 
 
 def audio_error_message(err: AudioError, max_seconds: float) -> str:
@@ -126,23 +142,190 @@ def audio_error_message(err: AudioError, max_seconds: float) -> str:
     }.get(err.reason, "Cannot use this audio.")
 
 
-class UploadFolder:
-    """The app's upload folder (Gradio's cache: one ``<sha256>/<name>`` folder per distinct upload).
+# The app's upload area: a folder it makes itself (`claim_upload_folder`) and marks as its own.
+UPLOADS_PREFIX = "whisper-sv-uploads-"
+UPLOADS_MARKER = ".whisper-sv-uploads"  # {"pid", "started", "boot", "host"} of the owning process
 
-    Only entries Gradio makes are ever deleted (hex-named folders, ``tmp*`` part files), so a
-    folder shared by mistake loses nothing else.
+
+@dataclass
+class _OwnFolder:
+    path: Path
+    parent: Path
+    marker_fd: int  # holds an exclusive flock for the owner's life: the kernel drops it when the owner dies
+    previous_env: str | None  # GRADIO_TEMP_DIR before the claim, restored at release
+    users: int = 1
+    pid: int = 0
+
+
+_own: _OwnFolder | None = None
+_own_lock = threading.Lock()
+
+
+def claim_upload_folder(parent: str | Path) -> Path:
+    """This process's upload folder, a fresh ``whisper-sv-uploads-XXXXXXXX`` inside `parent`, and
+    point Gradio's cache (GRADIO_TEMP_DIR) at it; `release_upload_folder` once per claim.
+
+    Gradio reads GRADIO_TEMP_DIR at every upload and check, so there is one such folder per process,
+    shared by its apps (the same `parent` again gets the same folder). Before making it, folders of
+    earlier runs in `parent` whose owner process is gone (killed, or a machine that went down) are
+    deleted; nothing else in `parent` is ever touched.
     """
+    global _own
+    parent = Path(parent).expanduser().resolve()
+    with _own_lock:
+        if _own is not None and _own.pid == os.getpid():
+            if _own.parent == parent:
+                _own.users += 1
+                return _own.path
+            raise UserError(
+                f"this process already keeps its uploads in {_own.parent} (Gradio has one upload folder per "
+                f"process): close the app that uses it first, or give the same upload_dir")
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+            removed = _remove_orphans(parent)
+            path = Path(tempfile.mkdtemp(prefix=UPLOADS_PREFIX, dir=parent))
+        except OSError as err:
+            raise UserError(f"upload_dir {str(parent)!r}: cannot make the app's upload folder there "
+                            f"({err.strerror or err}): give a folder you can write to") from None
+        if removed:
+            log.info("deleted %d upload folder(s) left in %s by earlier runs that ended without cleaning up",
+                     removed, parent)
+        marker_fd = _write_marker(path)
+        _own = _OwnFolder(path, parent, marker_fd, os.environ.get("GRADIO_TEMP_DIR"), pid=os.getpid())
+        os.environ["GRADIO_TEMP_DIR"] = str(path)
+        log.info("uploads go to %s (deleted when the app stops)", path)
+        return path
 
-    _ENTRY = re.compile(r"^([0-9a-f]{40}|[0-9a-f]{64}|tmp\w+)$")
+
+def release_upload_folder(path: str | Path) -> None:
+    """One claim less; the last one deletes the folder with everything Gradio put in it."""
+    global _own
+    with _own_lock:
+        if _own is None or _own.path != Path(path) or _own.pid != os.getpid():
+            return
+        _own.users -= 1
+        if _own.users > 0:
+            return
+        own, _own = _own, None
+    _remove_own(own)
+
+
+@atexit.register
+def _remove_at_exit() -> None:
+    """A second net: a program that never closes its app still takes its upload folder with it."""
+    global _own
+    with _own_lock:
+        own, _own = _own, None
+    if own is not None and own.pid == os.getpid():  # a forked child never deletes its parent's folder
+        _remove_own(own)
+
+
+def _remove_own(own: _OwnFolder) -> None:
+    if own.previous_env is None:
+        os.environ.pop("GRADIO_TEMP_DIR", None)
+    else:
+        os.environ["GRADIO_TEMP_DIR"] = own.previous_env
+    _rmtree(own.path)
+    os.close(own.marker_fd)
+
+
+def _rmtree(path: Path) -> None:
+    def ignore_gone(function, name, exc_info):  # Gradio's own sweep may delete a file first
+        if not issubclass(exc_info[0], FileNotFoundError):
+            log.warning("could not delete %s: %s", name, exc_info[1])
+
+    shutil.rmtree(path, onerror=ignore_gone)
+
+
+def _write_marker(path: Path) -> int:
+    import fcntl
+    import socket
+
+    import psutil
+
+    me = psutil.Process()
+    fd = os.open(path / UPLOADS_MARKER, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:  # a file system without locks: the PID and start time still tell
+        pass
+    os.write(fd, json.dumps({"pid": me.pid, "started": me.create_time(), "boot": psutil.boot_time(),
+                             "host": socket.gethostname()}).encode())
+    return fd
+
+
+def _remove_orphans(parent: Path) -> int:
+    """Delete the upload folders in `parent` that carry our marker and whose owner is gone; returns
+    how many. A folder without the marker, another user's, a link, or one whose owner may be alive
+    (or lives on another host) is left alone."""
+    removed = 0
+    for entry in parent.glob(UPLOADS_PREFIX + "*"):
+        try:
+            st = entry.lstat()
+            if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or not _owner_is_gone(entry / UPLOADS_MARKER):
+                continue
+        except OSError:
+            continue
+        _rmtree(entry)
+        removed += 1
+    return removed
+
+
+def _owner_is_gone(marker: Path) -> bool:
+    """Whether the process that made `marker` has ended: its lock is free (the kernel releases it at
+    death) and no process with its PID and start time exists. Both must agree, so neither a reused
+    PID nor a clock that jumped deletes a live app's folder."""
+    import fcntl
+    import socket
+
+    import psutil
+
+    try:
+        fd = os.open(marker, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return False  # no marker (or a link): not a folder of ours
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return False
+        owner = json.loads(os.read(fd, 4096))
+        pid, started, host = int(owner["pid"]), float(owner["started"]), owner.get("host")
+        if host != socket.gethostname():
+            return False  # a shared folder: another machine's process, whose life we cannot see
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False  # held: the owner lives
+        except OSError:  # a file system without locks: the PID and start time decide alone
+            pass
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    finally:
+        os.close(fd)
+    try:
+        return abs(psutil.Process(pid).create_time() - started) > 1.0  # a new process under a reused PID
+    except psutil.NoSuchProcess:
+        return True
+    except psutil.Error:
+        return False  # not ours to inspect: assume alive
+
+
+class UploadFolder:
+    """The app's upload folder (made by `claim_upload_folder`, Gradio's cache: one
+    ``<sha256>/<name>`` folder per distinct upload and ``tmp*`` part files while one arrives).
+
+    Everything in it but the marker is Gradio's work for this app, so the TTL sweep and the size
+    count cover all of it; nothing outside it is looked at.
+    """
 
     def __init__(self, path: Path, ttl_s: float, max_bytes: float, sweep_every_s: float = 60.0):
         self.path, self.ttl_s, self.max_bytes, self.sweep_every_s = Path(path), ttl_s, max_bytes, sweep_every_s
         self._last_sweep = 0.0
 
     def entries(self) -> list[Path]:
-        if not self.path.is_dir():
+        try:
+            return [e for e in self.path.iterdir() if e.name != UPLOADS_MARKER]
+        except OSError:
             return []
-        return [e for e in self.path.iterdir() if self._ENTRY.match(e.name)]
 
     def size(self) -> int:
         """Bytes in the folder's entries."""
@@ -267,25 +450,117 @@ async def _plain(send, status: int, text: str) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-def build_demo(cfg: AppConfig = AppConfig(), transcriber: Transcriber | None = None,
-               continuer: Continuer | None = None):
-    """The Blocks page with its two API endpoints; loads the speech model now, the LM lazily."""
-    # Gradio reads its cache folder from the environment at every check, so it is per process:
-    # the app's own folder, which start-up and shutdown may empty (see `UploadFolder`).
-    os.environ["GRADIO_TEMP_DIR"] = str(cfg.upload_folder)
+# Each endpoint's function, its name on the API, and what to say when Gradio's components cannot
+# read a request's values (the precise message comes from `check_inputs` where it can).
+_ENDPOINTS = {"transcribe": "/transcribe", "continue_text": "/continue"}
+_UNREADABLE = {
+    "transcribe": "The audio must be a file uploaded to this server: with gradio_client, pass handle_file(path).",
+    "continue_text": "Send /continue a text (a string), a length and a temperature (numbers).",
+}
+
+
+def _json_kind(value) -> str:
+    """What a JSON value is, in words for a message (never the value itself)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true/false"
+    if isinstance(value, (int, float)):
+        return "a number"
+    return {str: "a string", list: "a list", tuple: "a list", dict: "an object"}.get(type(value), type(value).__name__)
+
+
+def check_inputs(fn_name: str, inputs: list) -> str | None:
+    """What is wrong with the values a request sends the endpoint function `fn_name`, checked before
+    Gradio's components read them (a slider compares "abc" with its minimum and fails with a
+    traceback and ``error: null``; a textbox turns a list into its repr); None when they fit."""
+    if fn_name == "continue_text":
+        if len(inputs) < 3:
+            return f"/continue takes 3 values (text, length, temperature); the request sent {len(inputs)}."
+        text, length, temperature = inputs[:3]
+        if text is not None and not isinstance(text, str):
+            return f"The text must be a string, not {_json_kind(text)}."
+        for name, value in (("length", length), ("temperature", temperature)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                return f"The {name} must be a number, not {_json_kind(value)}."
+    elif fn_name == "transcribe":
+        if len(inputs) < 1:
+            return "/transcribe takes 1 value (the audio file); the request sent none."
+        if inputs[0] is not None and not isinstance(inputs[0], dict):
+            return (f"The audio must be a file uploaded to this server (with gradio_client, pass "
+                    f"handle_file(path)), not {_json_kind(inputs[0])}.")
+    return None
+
+
+@functools.cache
+def _blocks_class():
+    """gr.Blocks that checks its endpoints' values before Gradio reads them and gives its upload
+    folder back when it closes (made on first use: Gradio is imported only when an app is built)."""
     import gradio as gr
 
+    class AppBlocks(gr.Blocks):
+        upload_folder: UploadFolder | None = None
+
+        async def preprocess_data(self, block_fn, inputs, *args, **kwargs):
+            name = getattr(block_fn, "name", None)
+            if name not in _ENDPOINTS:
+                return await super().preprocess_data(block_fn, inputs, *args, **kwargs)
+            problem, detail = check_inputs(name, inputs), ""
+            if problem is None:
+                try:
+                    return await super().preprocess_data(block_fn, inputs, *args, **kwargs)
+                except gr.Error as err:  # a component's own refusal (a slider's bounds): its words, no traceback
+                    problem = str(err.message)
+                except Exception as err:  # anything else Gradio could not read: ours, not `error: null`
+                    first = (str(err).strip().splitlines() or [""])[0][:200]
+                    problem, detail = _UNREADABLE[name], f" ({type(err).__name__}: {first})"
+            log.info("refused %s request: %s%s", _ENDPOINTS[name], problem, detail)
+            raise gr.Error(problem, print_exception=False)
+
+        def close(self, verbose: bool = True) -> None:
+            try:
+                super().close(verbose)
+            finally:
+                folder, self.upload_folder = self.upload_folder, None
+                if folder is not None:
+                    release_upload_folder(folder.path)
+
+    return AppBlocks
+
+
+def build_demo(cfg: AppConfig = AppConfig(), transcriber: Transcriber | None = None,
+               continuer: Continuer | None = None):
+    """The Blocks page with its two API endpoints; loads the speech model now, the LM lazily.
+
+    Claims the process's upload folder (`claim_upload_folder`); ``demo.close()`` gives it back.
+    """
     transcriber = transcriber or pick_backend(cfg.model, backend=cfg.backend,
                                               options=InferenceOptions(min_window_s=cfg.min_window_s))
     continuer = continuer or Continuer(cfg.lm)
-    folder = UploadFolder(cfg.upload_folder, cfg.upload_ttl_s, cfg.max_upload_store_mb * (1 << 20))
+    # After the models load (a model that fails leaves no folder behind), before Gradio is imported
+    # (some of its modules read GRADIO_TEMP_DIR once, at import) and before any component exists
+    # (each notes the folder when it is made).
+    path = claim_upload_folder(cfg.upload_parent)
+    try:
+        import gradio as gr
 
+        folder = UploadFolder(path, cfg.upload_ttl_s, cfg.max_upload_store_mb * (1 << 20))
+        demo = _build_blocks(gr, cfg, transcriber, continuer)
+    except BaseException:
+        release_upload_folder(path)
+        raise
+    demo.upload_folder = folder  # `launch` guards it; `demo.close()` releases it
+    return demo
+
+
+def _build_blocks(gr, cfg: AppConfig, transcriber: Transcriber, continuer: Continuer):
     def refuse(message: str) -> gr.Error:
         return gr.Error(message, print_exception=False)  # the reason is logged in one line instead
 
     def transcribe(audio_path: str | None) -> str:
         """Transcribe one Swedish audio file (WAV, FLAC, MP3, OGG/Opus, M4A, WebM, ...) to text."""
         if not audio_path:
+            log.info("refused upload: no audio")
             raise refuse("No audio: record with the microphone or upload a file.")
         if os.path.isfile(audio_path) and os.path.getsize(audio_path) == 0:
             log.info("refused upload: %s: 0 bytes", Path(audio_path).name)
@@ -320,8 +595,8 @@ def build_demo(cfg: AppConfig = AppConfig(), transcriber: Transcriber | None = N
             log.error("continuation failed: %s: %s", type(err).__name__, err)
             raise refuse("The language model failed on this text: try other settings or another text.") from None
 
-    with gr.Blocks(title=TITLE, analytics_enabled=False,
-                   delete_cache=(min(60, math.ceil(cfg.upload_ttl_s)), math.ceil(cfg.upload_ttl_s))) as demo:
+    with _blocks_class()(title=TITLE, analytics_enabled=False,
+                         delete_cache=(min(60, math.ceil(cfg.upload_ttl_s)), math.ceil(cfg.upload_ttl_s))) as demo:
         gr.Markdown(
             f"# {TITLE}\nTala eller ladda upp svenskt tal (högst {cfg.max_seconds:g} s, "
             f"{cfg.max_upload_mb:g} MB), läs transkriptionen och låt en svensk språkmodell fortsätta texten.\n\n"
@@ -347,37 +622,64 @@ def build_demo(cfg: AppConfig = AppConfig(), transcriber: Transcriber | None = N
                            api_name="continue", concurrency_id="lm", concurrency_limit=cfg.concurrency
                            ).then(lambda: continuer.status, None, lm_status, api_visibility="private", queue=False)
     demo.queue(max_size=cfg.queue_size, default_concurrency_limit=cfg.concurrency)
-    demo.upload_folder = folder  # `launch` empties it and guards it
     return demo
 
 
 def blocked_paths(upload_dir: str | Path) -> list[str]:
-    """Folders the server must never serve: this working folder and the model cache (unless the
-    upload cache lives inside one of them, which would block the uploads themselves)."""
+    """What the server must never serve: the upload folder's marker (its owner's PID), this working
+    folder and the model cache (unless the upload folder lives inside one of them, which would block
+    the uploads themselves). Gradio serves only its cache folder, the app's own upload folder, anyway."""
     from .packaged import cache_root
 
     upload_dir = Path(upload_dir).resolve()
     candidates = [Path.cwd().resolve(), cache_root().resolve(), Path(__file__).resolve().parents[2]]
-    return sorted({str(p) for p in candidates if not upload_dir.is_relative_to(p)})
+    return sorted({str(upload_dir / UPLOADS_MARKER)} | {str(p) for p in candidates if not upload_dir.is_relative_to(p)})
 
 
 def launch(demo, cfg: AppConfig, block: bool = True):
     """Start the server with the upload, queue and file-serving limits; returns (app, local_url, share_url).
 
-    Uploads left by an earlier run are deleted first."""
+    With `block`, serve until Ctrl-C or SIGTERM, then close the app, which deletes its upload folder."""
     from starlette.middleware import Middleware
 
     folder: UploadFolder = demo.upload_folder
-    stale = folder.sweep(older_than_s=0)
-    if stale:
-        log.info("deleted %d upload(s) left in %s by an earlier run", stale, folder.path)
     max_file_bytes = int(cfg.max_upload_mb * 1024 * 1024)
     limits = Middleware(RequestLimits, max_file_bytes=max_file_bytes, max_files=cfg.max_files_per_upload, folder=folder)
-    return demo.launch(
-        server_name=cfg.host, server_port=cfg.port, max_file_size=max_file_bytes,
-        blocked_paths=blocked_paths(folder.path), allowed_paths=[], show_error=False, ssr_mode=False,
-        prevent_thread_lock=not block, quiet=not block, footer_links=["api"], app_kwargs={"middleware": [limits]},
-    )
+    try:
+        result = demo.launch(
+            server_name=cfg.host, server_port=cfg.port, max_file_size=max_file_bytes,
+            blocked_paths=blocked_paths(folder.path), allowed_paths=[], show_error=False, ssr_mode=False,
+            prevent_thread_lock=True, quiet=not block, footer_links=["api"], app_kwargs={"middleware": [limits]},
+        )
+    except BaseException:
+        demo.close()
+        raise
+    if block:
+        _serve_until_stopped(demo)
+    return result
+
+
+def _serve_until_stopped(demo) -> None:
+    """Wait for Ctrl-C or SIGTERM (what `kill`, systemd and docker stop send), then close the app."""
+    stop = threading.Event()
+
+    def on_sigterm(signum, frame):
+        log.info("SIGTERM: stopping the app")
+        stop.set()
+
+    try:
+        previous = signal.signal(signal.SIGTERM, on_sigterm)
+    except ValueError:  # not the main thread: only the main thread may handle signals
+        previous = None
+    try:
+        while not stop.wait(0.5) and demo.is_running:
+            pass
+    except KeyboardInterrupt:
+        log.info("Ctrl-C: stopping the app")
+    finally:
+        demo.close()
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def add_cli(sub) -> None:
