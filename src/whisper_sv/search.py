@@ -16,15 +16,44 @@ lost; Optuna's heartbeat retry (RDB storages only) re-runs the parameters from z
 - each evaluation reports the eval WER (the same `wer_report` as `evaluate`) so the pruner can
   stop a bad trial early.
 
-Study folder: ``search.json`` (the resolved search config), ``study.journal`` (the default
-storage: a file, so a study on a mounted Drive folder survives the runtime), ``trials/NNNN/``
-(run folders), ``features/KEY/{train,eval}`` (stores when the search builds them),
-``encoder_cache/``, and after the search ``best.json`` (a complete training preset),
-``summary.md``/``summary.csv`` and ``img/*.png``.
+What can go wrong around a study, and what it does then:
+
+- a study is identified by ``study.json``, written once when the study is created (a random
+  ``study_id`` and the ``study_name`` in the storage), not by the folder's name: a copied or
+  renamed folder continues its own study. A folder from before ``study.json`` continues the one
+  study its journal holds; a ``study_name`` other than the recorded one is refused (it would
+  start a second study among the first one's run folders);
+- each run folder holds ``trial.json`` (study id, trial number, parameters) and is reused only by
+  that trial or a retry of it with the same parameters in the same study. A folder holding
+  anything else (another study's trial in a reused folder, a run whose journal was lost) is left
+  untouched and the trial runs in a fresh folder beside it, ``NNNN-2``, so no trial ever records
+  a checkpoint trained with other parameters. Run folders are found by name in the study folder
+  as it is now, wherever it was when they were made;
+- the journal file never keeps a torn record: an append that fails (a full disk) is cut back
+  off, and a torn last line left by a writer that died mid-write (or a copy cut short) is dropped
+  when the study is opened and before every append, with one printed line and a copy of the
+  journal as it was, ``study.journal.torn-TIME``. That line was never read by any worker (Optuna
+  skips an unfinished last line), so nothing that counted is lost. An unreadable line with records
+  after it may also be an old record damaged in place, so it is refused in one line naming
+  ``--repair-journal``, which drops such lines (keeping the copy) and continues;
+- a full disk stops the worker with one line (exit code 2): its trial is left running, and the
+  next run, once there is space, resumes it from its last complete checkpoint;
+- the search config is checked before any work, each mistake in one line (types, ranges, a
+  ``step`` with ``log``, ``pruner_args`` and ``features`` keys with the closest name, a learning
+  rate at or below 0, ``heartbeat_s`` under 1 s: every beat is a storage write); the ``features``
+  source is read before the first trial, not found missing by three failed trials.
+
+Study folder: ``search.json`` (the resolved search config), ``study.json`` (the study's id and
+name), ``study.journal`` (the default storage: a file, so a study on a mounted Drive folder
+survives the runtime), ``trials/NNNN/`` (run folders, each with ``trial.json``),
+``features/KEY/{train,eval}`` (stores when the search builds them), ``encoder_cache/``, and after
+the search ``best.json`` (a complete training preset), ``summary.md``/``summary.csv`` and
+``img/*.png``.
 """
 
 from __future__ import annotations
 
+import errno
 import gc
 import json
 import logging
@@ -38,10 +67,14 @@ from pathlib import Path
 from typing import Any
 
 from .config import build_config, parse_overrides
+from .errors import UserError
 from .fileio import claim_folder, write_atomic, write_json
 from .locks import folder_lock
 from .options import add_options, options_from
-from .search_config import SearchConfig, feature_config, load_search_config, open_study, store_key, study_paths, trial_train_values
+from .search_config import (
+    SearchConfig, check_features_source, feature_config, load_search_config, open_study, read_study_record, store_key, study_paths,
+    trial_train_values,
+)
 from .search_report import counts, write_results
 
 __all__ = ["SearchConfig", "load_search_config", "open_study", "search", "recover", "run_trial"]
@@ -281,14 +314,102 @@ def _peak_rss_mb() -> float | None:
 
 
 def _set_attrs(trial, **attrs) -> None:
-    """Record attributes on a trial that another worker may have failed meanwhile (then: skip)."""
+    """Record attributes on a trial that another worker may have failed meanwhile, or on a storage
+    that cannot be written now (a full disk): then skip them."""
     from optuna.exceptions import UpdateFinishedTrialError
 
     try:
         for key, value in attrs.items():
             trial.set_user_attr(key, value)
-    except UpdateFinishedTrialError:
-        pass
+    except (UpdateFinishedTrialError, OSError) as err:
+        log.debug("trial %d: attributes %s not recorded: %s", trial.number, sorted(attrs), err)
+
+
+# ---------------------------------------------------------------------------------------------
+# A full disk
+
+
+DISK_FULL_ERRNOS = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
+DISK_FULL_WORDS = ("No space left on device", "Disk quota exceeded", "StorageFull")
+
+
+def disk_full(err: BaseException | None) -> BaseException | None:
+    """The error in `err`'s chain (causes and contexts) that says the disk is full, or None. Libraries
+    wrap it (safetensors, torch.save) or replace it (Optuna's own assertion after a failed write)."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, OSError) and err.errno in DISK_FULL_ERRNOS or any(w in str(err) for w in DISK_FULL_WORDS):
+            return err
+        err = err.__cause__ or err.__context__
+    return None
+
+
+class _StopWorker(BaseException):
+    """Stop this worker at once, leaving its trial to be resumed by the next run (a full disk).
+
+    A BaseException, so Optuna does not record the trial as failed (a write that would fail too):
+    the trial stays running, its worker is gone when the process ends, and the next run's
+    `recover` queues its retry, which resumes from the last complete checkpoint."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Trial folders
+
+
+TRIAL_RECORD = "trial.json"
+
+
+def _normal(value: Any) -> Any:
+    return json.loads(json.dumps(value))
+
+
+def trial_folder(trial, study_dir: Path, params: dict[str, Any], study_id: str | None) -> Path:
+    """The run folder of `trial`, claimed for it in ``trial.json`` (study id, trial number, params).
+
+    A new trial gets ``trials/NNNN``; a retry the folder of the trial it retries (by name, inside
+    this study folder, wherever the folder was when the trial started). A folder is reused only by
+    the trial that made it or a retry of it with the same parameters in the same study; one that
+    holds anything else (another study's trial left in a copied folder, a run whose journal was
+    lost) is left as it is, and the trial runs in a fresh folder beside it, ``NNNN-2``, ...
+    """
+    recorded = trial.user_attrs.get("run_dir")
+    name = Path(recorded).name if recorded else f"{trial.number:04d}"
+    retry = "retry_of" in trial.user_attrs
+    wanted = {"study_id": study_id, "trial": trial.number, "params": _normal(params)}
+    first = folder = study_dir / "trials" / name
+    n = 1
+    while True:
+        record = _trial_record(folder)
+        if record is None:
+            # No record: a fresh folder, or (a retry) one made by a search that wrote none yet.
+            if not folder.exists() or not any(folder.iterdir()) or (retry and folder == first):
+                break
+        elif (record.get("study_id") == study_id and record.get("params") == wanted["params"]
+              and (record.get("trial") == trial.number or retry)):
+            break
+        n += 1
+        folder = study_dir / "trials" / f"{name}-{n}"
+    if folder != first:
+        held = _trial_record(first)
+        held = f"trial {held.get('trial')} with {held.get('params')}" if held else "a run made without a trial record"
+        print(f"search: {first} holds {held}, not trial {trial.number} of this study with {params}; it is left "
+              f"as it is and trial {trial.number} runs in {folder}")
+    if not (folder / TRIAL_RECORD).is_file():
+        folder.mkdir(parents=True, exist_ok=True)
+        write_json(folder / TRIAL_RECORD, wanted)
+    return folder
+
+
+def _trial_record(folder: Path) -> dict[str, Any] | None:
+    """The folder's ``trial.json``; None where there is none, {} (matches nothing) where it is unreadable."""
+    try:
+        record = json.loads((folder / TRIAL_RECORD).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
 
 
 def run_trial(trial, cfg: SearchConfig) -> float:
@@ -303,9 +424,10 @@ def run_trial(trial, cfg: SearchConfig) -> float:
     if reason:
         trial.set_user_attr("discarded", reason)
         raise _Discard(reason)
-    run_dir = Path(trial.user_attrs.get("run_dir") or study_dir / "trials" / f"{trial.number:04d}")
-    trial.set_user_attr("run_dir", str(run_dir))
     params = {p.name: p.suggest(trial) for p in cfg.params}
+    record = read_study_record(study_dir)
+    run_dir = trial_folder(trial, study_dir, params, record["study_id"] if record else None)
+    trial.set_user_attr("run_dir", str(run_dir))
     started = time.time()
     try:
         with _Heartbeat(trial, cfg.heartbeat_s) as heartbeat:
@@ -320,6 +442,11 @@ def run_trial(trial, cfg: SearchConfig) -> float:
     except (optuna.TrialPruned, TrialTakenOver):
         raise
     except Exception as err:
+        full = disk_full(err)
+        if full is not None:  # not the trial's fault: stop, and let the next run resume it
+            _set_attrs(trial, resume=True)
+            raise _StopWorker(f"the disk is full ({full}) in trial {trial.number}: free space and run the same command "
+                              f"again; the trial resumes from its last complete checkpoint in {run_dir}") from err
         _set_attrs(trial, error=f"{type(err).__name__}: {err}")
         raise TrialError(f"trial {trial.number} failed: {type(err).__name__}: {err}") from err
     finally:
@@ -337,13 +464,28 @@ def run_trial(trial, cfg: SearchConfig) -> float:
 # The search
 
 
-def search(cfg: SearchConfig) -> dict[str, Any]:
+def search(cfg: SearchConfig, repair_journal: bool = False) -> dict[str, Any]:
     """Run (or continue) the study until `cfg.trials` trials are finished; returns the outcome.
 
     Re-running after a crash continues the same study: trials of dead workers resume from their
     run folders. Several processes may run this on one storage at once. Writes ``best.json``,
-    ``summary.md``/``.csv`` and the plots into the study folder when it returns.
+    ``summary.md``/``.csv`` and the plots into the study folder when it returns. A full disk
+    stops the worker with a `UserError` (its trial resumes on the next run); `repair_journal`
+    drops unreadable records from the middle of a journal file (a torn end is always dropped).
     """
+    try:
+        return _search(cfg, repair_journal)
+    except _StopWorker as stop:
+        raise UserError(str(stop)) from None
+    except Exception as err:
+        full = disk_full(err)
+        if full is None:
+            raise
+        raise UserError(f"the disk is full ({full}): free space and run the same command again; "
+                        "no finished trial is lost and a running one resumes from its last complete checkpoint") from None
+
+
+def _search(cfg: SearchConfig, repair_journal: bool) -> dict[str, Any]:
     import optuna
     from optuna.exceptions import UpdateFinishedTrialError
 
@@ -351,7 +493,10 @@ def search(cfg: SearchConfig) -> dict[str, Any]:
     study_dir.mkdir(parents=True, exist_ok=True)
     _claim(study_dir, cfg)
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line per trial is ours to print
-    study = open_study(cfg)
+    study = open_study(cfg, repair_journal=repair_journal)
+    c = counts(study)
+    if c.get("COMPLETE", 0) + c.get("PRUNED", 0) < cfg.trials:
+        check_features_source(cfg)  # a bad source fails here, not in three trials in a row
     failures = 0
     while True:
         recover(study, cfg)
@@ -372,7 +517,8 @@ def search(cfg: SearchConfig) -> dict[str, Any]:
         last = ran[-1] if ran else None
         failures = failures + 1 if last is not None and "error" in last.user_attrs and last.state.name == "FAIL" else 0
         if failures >= 3:
-            raise RuntimeError(f"3 trials in a row failed; the last: {last.user_attrs['error']} (see {last.user_attrs.get('run_dir')})")
+            raise UserError(f"3 trials in a row failed; the last: {last.user_attrs['error']} (see {last.user_attrs.get('run_dir')}); "
+                            "fix it and run the same command again")
     return write_results(study, cfg)
 
 
@@ -399,6 +545,9 @@ def add_cli(sub) -> None:
     p.add_argument("config", help="search config JSON, e.g. configs/search-tiny.json")
     add_options(p, SearchConfig, skip=("train", "space"), aliases={"study_name": "--study"},
                 title="search settings (override the config's)")
+    p.add_argument("--repair-journal", action="store_true",
+                   help="drop unreadable records from the middle of the study's journal file (a torn write that later "
+                        "records were appended to); the original is kept beside it. A torn last record is always dropped.")
     p.set_defaults(func=_run_cli, takes_training_keys=True)
     p.epilog = "Any other --key value sets a training key of the trials (a TrainConfig or Seq2SeqTrainingArguments name)."
 
@@ -406,7 +555,7 @@ def add_cli(sub) -> None:
 def _run_cli(args) -> int:
     overrides = {**parse_overrides(args.extra_keys), **options_from(args, SearchConfig)}
     try:
-        result = search(load_search_config(args.config, overrides))
+        result = search(load_search_config(args.config, overrides), repair_journal=args.repair_journal)
     except KeyboardInterrupt:
         print("whisper-sv search: interrupted; run the same command again to resume the trial from its last checkpoint", file=sys.stderr)
         return 130

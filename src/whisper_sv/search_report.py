@@ -31,7 +31,17 @@ def counts(study) -> dict[str, int]:
     return out
 
 
-def trial_rows(study) -> list[dict[str, Any]]:
+def run_dir(study_dir: str | Path, trial) -> Path | None:
+    """A trial's run folder in the study folder as it is now: a folder copied or renamed since the
+    trial ran keeps its trials (``trials/NAME``); the recorded path where that is not there."""
+    recorded = trial.user_attrs.get("run_dir")
+    if not recorded:
+        return None
+    here = Path(study_dir) / "trials" / Path(recorded).name
+    return here if here.is_dir() else Path(recorded)
+
+
+def trial_rows(study, study_dir: str | Path | None = None) -> list[dict[str, Any]]:
     """One row per trial that ran (discarded ones left out), in trial order; WER in percent."""
     rows = []
     for t in study.get_trials(deepcopy=False):
@@ -48,7 +58,7 @@ def trial_rows(study) -> list[dict[str, Any]]:
             "wer": None if t.value is None else round(100 * t.value, 2),
             "minutes": t.user_attrs.get("minutes"), "rss_mb": t.user_attrs.get("rss_mb"),
             "peak_rss_mb": t.user_attrs.get("peak_rss_mb"),
-            "run_dir": t.user_attrs.get("run_dir"), "note": note,
+            "run_dir": str(run_dir(study_dir, t) or "") if study_dir is not None else t.user_attrs.get("run_dir"), "note": note,
         })
     return rows
 
@@ -56,7 +66,7 @@ def trial_rows(study) -> list[dict[str, Any]]:
 def write_results(study, cfg) -> dict[str, Any]:
     """Write best.json, summary.md/.csv and the plots into the study folder; returns the outcome."""
     study_dir = Path(cfg.study_dir)
-    rows = trial_rows(study)
+    rows = trial_rows(study, study_dir)
     columns = list(dict.fromkeys(k for r in rows for k in r))
     table = io.StringIO(newline="")
     writer = csv.DictWriter(table, columns)
@@ -69,11 +79,11 @@ def write_results(study, cfg) -> dict[str, Any]:
     complete = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE" and t.value is not None]
     best = min(complete, key=lambda t: t.value) if complete else None
     if best is not None:
-        run_dir = Path(best.user_attrs["run_dir"])
-        preset = json.loads((run_dir / "config.json").read_text())
+        best_dir = run_dir(study_dir, best)
+        preset = json.loads((best_dir / "config.json").read_text())
         preset.update(output_dir=str(study_dir / "best"))
         write_json(study_dir / "best.json", preset)
-        outcome["best"] = {"trial": best.number, "wer": best.value, "params": best.params, "run_dir": str(run_dir)}
+        outcome["best"] = {"trial": best.number, "wer": best.value, "params": best.params, "run_dir": str(best_dir)}
         outcome["best_json"] = str(study_dir / "best.json")
     md = [f"# Study `{study.study_name}`", "", f"{finished} finished trials ({', '.join(f'{k} {v}' for k, v in sorted(tally.items()))}).", ""]
     if best is not None:
