@@ -4,6 +4,8 @@ The Trainer writes ``checkpoint-N/`` file by file; a process killed in the middl
 that looks like a checkpoint and is not. So after the Trainer finishes one, `mark_complete`
 records the sizes of the files a resume needs in ``whisper_sv_complete.json``; a folder without
 a marker that matches is never resumed from, and `resume_checkpoint` moves it out of the way.
+Once ``final/`` is whole, `record_finished` writes ``finished.json`` beside it, so a finished run
+is known as one (`finished_record`) and a re-run of it has nothing to do.
 """
 
 from __future__ import annotations
@@ -85,3 +87,40 @@ def mark_complete(ckpt: Path) -> None:
     names = [*CHECKPOINT_FILES, *sorted(p.name for p in ckpt.glob(RNG_STATE_GLOB))]
     sizes = {f: (ckpt / f).stat().st_size for f in names if (ckpt / f).is_file()}
     write_atomic(ckpt / COMPLETE_MARKER, json.dumps({"sizes": sizes, "time": time.time()}))
+
+
+# Written into the run folder once final/ is whole (model, processor, card, metrics): how long the
+# run trained and its last evaluation, so a re-run of a finished run returns them without training.
+FINISHED_RECORD = "finished.json"
+
+
+def checkpoint_step(ckpt: str | Path) -> int:
+    """The global step of ``checkpoint-N``."""
+    m = CHECKPOINT_RE.match(Path(ckpt).name)
+    if not m:
+        raise ValueError(f"{ckpt} is not a checkpoint-N folder")
+    return int(m.group(1))
+
+
+def record_finished(run_dir: Path, final: Path, record: dict) -> None:
+    """Write the run folder's `FINISHED_RECORD`: `record` plus the sizes of every file of `final`."""
+    sizes = {str(p.relative_to(final)): p.stat().st_size for p in sorted(final.rglob("*")) if p.is_file()}
+    write_atomic(run_dir / FINISHED_RECORD, json.dumps({**record, "sizes": sizes}, indent=2, default=str))
+
+
+def finished_record(run_dir: Path) -> dict | None:
+    """The finished-run record, if there is one and final/ still holds every file it lists at its size."""
+    try:
+        record = json.loads((run_dir / FINISHED_RECORD).read_text())
+    except (OSError, ValueError):
+        return None
+    final = run_dir / "final"
+    sizes = record.get("sizes") if isinstance(record, dict) else None
+    if not sizes or not all((final / f).is_file() and (final / f).stat().st_size == n for f, n in sizes.items()):
+        return None
+    return record
+
+
+def forget_finished(run_dir: Path) -> None:
+    """Remove the finished-run record: final/ is about to be rewritten."""
+    (run_dir / FINISHED_RECORD).unlink(missing_ok=True)

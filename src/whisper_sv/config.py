@@ -50,6 +50,40 @@ TRAINING_DEFAULTS: dict[str, Any] = {
 }
 
 
+# The keys a run folder may be resumed with other values of: none of them changes a weight, so the
+# checkpoint trained so far is what it would have been with the new values. Any other key (model,
+# data, freezing, LoRA, precision, seed, batch size, learning rate and its schedule, SpecAugment, the
+# encoder cache's numbers, a key this list does not know) changes the weights, and `train` refuses
+# to resume a run folder trained with another value of it (`weight_changes`).
+HARMLESS_KEYS = frozenset({
+    # where the run folder and the figure are (a moved folder is the same run), and the Hub upload
+    "output_dir", "figure", "push_to_hub", "hub_model_id", "hub_strategy", "hub_token", "hub_private_repo",
+    "hub_always_push", "hub_revision",
+    # logging: what is written down, not what is trained
+    "logging_steps", "logging_strategy", "logging_first_step", "logging_nan_inf_filter", "report_to", "run_name",
+    "project", "trackio_space_id", "disable_tqdm", "log_level", "log_level_replica", "log_on_each_node",
+    "skip_memory_metrics", "include_num_input_tokens_seen",
+    # checkpoints kept, and on which processes: a resume restores the weights, optimizer and RNG exactly
+    "save_total_limit", "save_on_each_node", "save_only_model",
+    # speed, not numbers: the batches' order is drawn in the main process from the seed, whoever loads them
+    "dataloader_num_workers", "dataloader_prefetch_factor", "dataloader_pin_memory", "dataloader_persistent_workers",
+    "encoder_cache_dir", "ddp_timeout", "torch_empty_cache_steps",
+    # how long to train: raising max_steps (or the epochs) is how a finished run trains longer
+    "max_steps", "num_train_epochs",
+})
+# Evaluation and the checkpoints' rhythm read the weights and write none, unless the run keeps the
+# best evaluation's weights (early_stopping_patience, load_best_model_at_end): then which
+# evaluations happen, on what, and how they are scored decide the final model, and these count too.
+EVAL_KEYS = frozenset({
+    "eval_data", "max_eval_samples", "eval_strategy", "eval_steps", "eval_delay", "eval_on_start",
+    "per_device_eval_batch_size", "eval_accumulation_steps", "eval_do_concat_batches", "eval_use_gather_object",
+    "batch_eval_metrics", "prediction_loss_only", "predict_with_generate", "generation_max_length",
+    "generation_num_beams", "metric_for_best_model", "greater_is_better", "save_steps", "save_strategy",
+})
+# Keys holding a path: two spellings of one folder (relative, absolute) are the same value.
+PATH_KEYS = frozenset({"model", "train_data", "eval_data"})
+
+
 @dataclass
 class TrainConfig:
     """The toolkit's own keys; `training` holds the Seq2SeqTrainingArguments keys."""
@@ -113,6 +147,7 @@ class TrainConfig:
         check_model_spec(self.model)  # a path typo fails here, not after the data has loaded
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision={self.precision!r}: use one of {PRECISIONS}")
+        self._fold_precision_flags()
         if not 0 <= self.mask_time_prob <= 1 or not 0 <= self.mask_feature_prob <= 1:
             raise ValueError("mask_time_prob and mask_feature_prob are probabilities in [0, 1]")
         if self.dropout is not None and not 0 <= self.dropout < 1:
@@ -138,6 +173,25 @@ class TrainConfig:
         if self.push_to_hub and not self.hub_model_id:
             raise ValueError("push_to_hub needs hub_model_id (e.g. your-name/whisper-small-sv)")
 
+    def _fold_precision_flags(self) -> None:
+        """Read the Trainer's own ``fp16``/``bf16`` keys as `precision`, which decides them (`train.pick_precision`).
+
+        ``fp16: true`` under precision auto is precision fp16 (refused on a CPU, like ``--precision
+        fp16``); a flag that contradicts `precision` (``bf16: true`` with precision fp32, both
+        flags true, ``fp16: false`` with precision fp16) is refused, never silently overruled."""
+        flags = {k: self.training[k] for k in ("fp16", "bf16") if k in self.training}
+        on = [k for k, v in flags.items() if v]
+        said = ", ".join(f"{k}={str(v).lower()}" for k, v in flags.items())
+        fix = "set only precision (auto, bf16, fp16 or fp32): it sets the Trainer's fp16 and bf16"
+        if len(on) > 1 or (on and self.precision not in ("auto", on[0])):
+            raise ValueError(f"{said} contradicts precision={self.precision!r}; {fix}")
+        if any(not v and k == self.precision for k, v in flags.items()):
+            raise ValueError(f"{said} contradicts precision={self.precision!r}; {fix}")
+        if on:
+            self.precision = on[0]
+        # said once, as precision: the resolved config has one way to spell it
+        self.training = {k: v for k, v in self.training.items() if k not in flags}
+
     def training_arguments(self) -> dict[str, Any]:
         """The Seq2SeqTrainingArguments kwargs: toolkit defaults, then the preset's values."""
         args = {**TRAINING_DEFAULTS, **self.training, "output_dir": self.output_dir}
@@ -152,6 +206,50 @@ class TrainConfig:
         """Flat form, as in a preset file."""
         flat = {k: v for k, v in dataclasses.asdict(self).items() if k != "training"}
         return {**flat, **self.training}
+
+
+def weight_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """The keys, sorted, in which two resolved configs (a run folder's ``config.json``, `to_dict`)
+    differ in a way that changes the weights trained: every key but `HARMLESS_KEYS` (and
+    `EVAL_KEYS` unless either keeps its best evaluation's weights). A key one of them lacks has
+    its default there (a config.json written before the key existed)."""
+    old, new = effective_values(old), effective_values(new)
+    picks_by_eval = any(r.get("early_stopping_patience") is not None or r.get("load_best_model_at_end") for r in (old, new))
+    ignored = HARMLESS_KEYS | (frozenset() if picks_by_eval else EVAL_KEYS)
+    return [k for k in differing_keys(old, new) if k not in ignored and not (k in PATH_KEYS and _same_folder(old.get(k), new.get(k)))]
+
+
+def effective_values(record: dict[str, Any]) -> dict[str, Any]:
+    """`record` (flat, as `to_dict` writes it) with the defaults it leaves out: the toolkit's
+    fields and `TRAINING_DEFAULTS` (a Seq2SeqTrainingArguments key of no preset has its own
+    default, which `differing_keys` compares with)."""
+    values = {f.name: f.default for f in dataclasses.fields(TrainConfig)
+              if f.name != "training" and f.default is not dataclasses.MISSING}
+    values.update(TRAINING_DEFAULTS)
+    values.update(json.loads(json.dumps(record)))  # as config.json reads back: tuples are lists
+    return values
+
+
+def differing_keys(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """Keys whose values differ; a key only one side names is compared with its default."""
+    return sorted(k for k in set(old) | set(new) if old.get(k, _default(k)) != new.get(k, _default(k)))
+
+
+def _default(key: str) -> Any:
+    from transformers import Seq2SeqTrainingArguments
+
+    for f in dataclasses.fields(Seq2SeqTrainingArguments):
+        if f.name == key:
+            return None if f.default is dataclasses.MISSING else f.default
+    return None
+
+
+def _same_folder(a: Any, b: Any) -> bool:
+    """Whether two path values name one existing folder (``runs/x`` and ``/home/me/runs/x``)."""
+    try:
+        return isinstance(a, str) and isinstance(b, str) and Path(a).exists() and Path(b).exists() and Path(a).samefile(b)
+    except OSError:
+        return False
 
 
 def toolkit_keys() -> set[str]:

@@ -9,10 +9,12 @@ looks finished.
 from __future__ import annotations
 
 import json
+import struct
 from pathlib import Path
 
 from .audio import CHUNK_LENGTH
 from .encoder_window import WINDOW_KEY
+from .errors import UserError
 from .fileio import atomic_folder
 from .models import DEFAULT_MODEL, resolve_model
 
@@ -38,6 +40,8 @@ def export_ct2(model: str = DEFAULT_MODEL, out: str | Path = "ct2", quantization
         raise FileExistsError(f"{out} exists and is not an export; pick another --out")
     source = resolve_model(model)
     local = Path(source).is_dir()
+    if local:
+        check_model_folder(Path(source))
     # transformers 5 saves the feature extractor inside processor_config.json; such folders get a
     # preprocessor_config.json written from the loaded feature extractor instead of copied.
     copy = [f for f in COPY_FILES if not local or (Path(source) / f).is_file()]
@@ -51,6 +55,69 @@ def export_ct2(model: str = DEFAULT_MODEL, out: str | Path = "ct2", quantization
                         "window_s": _trained_window_s(source)}, indent=2)
         )
     return out
+
+
+def check_model_folder(folder: Path) -> None:
+    """Raise `UserError` in one line unless `folder` holds a whole Whisper checkpoint: a readable
+    Whisper config.json and weights that are not cut short (read from the headers, nothing loaded)."""
+    hint = "give a run's final/ folder, a Hub id or packaged:whisper-base"
+    if (folder / "feature_config.json").is_file() or any(folder.glob("manifest*.jsonl")):
+        raise UserError(f"{folder} is a feature store (whisper-sv features), not a model; {hint}")
+    if (folder / "final").is_dir():
+        raise UserError(f"{folder} is a training run folder; export its model: --model {folder / 'final'}")
+    if (folder / "adapter_config.json").is_file() and not (folder / "config.json").is_file():
+        raise UserError(f"{folder} holds a LoRA adapter alone; export the run's final/ folder (the merged model)")
+    config_file = folder / "config.json"
+    if not config_file.is_file():
+        raise UserError(f"{folder} has no config.json, so it is not a model folder; {hint}")
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as err:
+        raise UserError(f"{config_file} is not readable JSON ({err}); the model folder is damaged: save the model again") from None
+    if not isinstance(config, dict) or config.get("model_type") != "whisper":
+        found = config.get("model_type") if isinstance(config, dict) else None
+        raise UserError(f"{config_file} is not a Whisper model's config (model_type {found!r}); {hint}")
+    index = folder / "model.safetensors.index.json"
+    if (folder / "model.safetensors").is_file():
+        weights = [folder / "model.safetensors"]
+    elif index.is_file():
+        try:
+            weights = [folder / name for name in sorted(set(json.loads(index.read_text())["weight_map"].values()))]
+        except (ValueError, KeyError, TypeError, AttributeError) as err:
+            raise UserError(f"{index} is not a readable weight index ({err}); save the model again") from None
+    elif (folder / "pytorch_model.bin").is_file():
+        return  # the older format: no header to check without loading it
+    else:
+        raise UserError(f"{folder} has a config.json but no model.safetensors; save the model again ({hint})")
+    for path in weights:
+        problem = safetensors_problem(path)
+        if problem:
+            raise UserError(f"{path} {problem}; copy or save the model again")
+
+
+def safetensors_problem(path: Path) -> str | None:
+    """What is wrong with a .safetensors file's layout (its header names every tensor's byte range), or None.
+
+    A copy or a save that was interrupted leaves a file shorter than its header says."""
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                return f"is cut short: {size} bytes, not even a header (an interrupted copy or save)"
+            n = struct.unpack("<Q", head)[0]
+            if n > size - 8:
+                return f"is cut short or not safetensors: {size} bytes, fewer than its {n}-byte header says"
+            header = json.loads(f.read(n))
+    except FileNotFoundError:
+        return "is missing"
+    except (ValueError, UnicodeDecodeError):
+        return "has an unreadable header: not a whole safetensors file"
+    ends = [t["data_offsets"][1] for k, t in header.items() if k != "__metadata__" and isinstance(t, dict) and "data_offsets" in t]
+    expected = 8 + n + max(ends, default=0)
+    if size < expected:
+        return f"is cut short: {size} of the {expected} bytes its header lists (an interrupted copy or save)"
+    return None
 
 
 def _trained_window_s(source: str) -> float:

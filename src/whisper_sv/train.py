@@ -1,6 +1,8 @@
 """Fine-tune Whisper on a feature store with Seq2SeqTrainer, resumable after a kill.
 
 `train(cfg)` reads as the steps it takes:
+0. check what needs no data (precision, LoRA against the model's config, the stores agree, the run
+   folder may be resumed with these settings); a finished run returns its recorded result here;
 1. open the feature stores and check them against the run folder (one feature config per run);
 2. load the model with Swedish transcription forced, apply freezing and SpecAugment;
 3. find the last *complete* checkpoint (a folder the process died inside is moved aside);
@@ -9,7 +11,11 @@
 
 Run folder: ``config.json`` (resolved), ``feature_config.json``, ``checkpoint-N/`` (each with a
 ``whisper_sv_complete.json`` marker written after the Trainer finished it), ``metrics.jsonl`` (one
-history, rewritten from the Trainer's state), ``train.png``, ``final/``.
+history, rewritten from the Trainer's state), ``train.png``, ``final/`` and, once it is whole,
+``finished.json`` (what a re-run of the finished run returns without training).
+
+A run folder that has trained resumes only with settings that keep its weights what they would
+be (`config.HARMLESS_KEYS` may differ: logging, evaluation, paths, ...; a raised max_steps trains on).
 
 The parts live by concern: batches and the cached-encoder trainer in collator.py, checkpoint
 markers and resuming in checkpoints.py, metrics, curves, the model card and the Hub push in
@@ -26,18 +32,20 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .audio import N_FRAMES
-from .checkpoints import mark_complete, resume_checkpoint
+from .checkpoints import (FINISHED_RECORD, checkpoint_step, complete_checkpoints, finished_record, forget_finished, mark_complete,
+                          record_finished, resume_checkpoint)
 from .collator import SpeechCollator, keep_freed_memory, trainer_class
-from .config import TRAINING_DEFAULTS, TrainConfig, load_config, parse_overrides
+from .config import TRAINING_DEFAULTS, TrainConfig, effective_values, load_config, parse_overrides, weight_changes
 from .decoding import quiet_library_notices
 from .distributed import barrier, is_main_process, main_only, main_process_first, world_size
 from .distributed import setup as setup_distributed
 from .encoder_cache import build_encoder_cache, cache_key, freeze_cross_attention_kv, readahead_for
 from .encoder_window import accept_short_windows, frames_for, record_window
 from .feature_store import FeatureStore
-from .fileio import claim_folder, write_json
+from .errors import UserError
+from .fileio import claim_folder, describe_keys, write_json
 from .locks import folder_lock
-from .lora import LoraSettings, apply_lora, check_device, merge_for_final, quantization_config, trainable_parameters
+from .lora import LoraSettings, apply_lora, check_device, check_rank, merge_for_final, quantization_config, trainable_parameters
 from .models import load_model
 from .options import add_options, options_from
 from .run_report import draw_curves, make_compute_metrics, push_final, write_eval_utterances, write_metrics, write_model_card
@@ -71,7 +79,7 @@ def pick_precision(precision: str) -> dict[str, bool]:
         else:
             precision = "fp32"
     if precision == "fp16" and not cuda:
-        raise ValueError("precision='fp16' needs a CUDA GPU; use bf16, auto or fp32 on a CPU")
+        raise ValueError("precision='fp16' (or fp16=true) needs a CUDA GPU; use precision bf16, auto or fp32 on a CPU")
     if precision == "bf16" and cuda and not torch.cuda.is_bf16_supported():
         raise ValueError("precision='bf16': this GPU has no bfloat16; use fp16 or auto")
     if precision == "bf16" and not cuda:
@@ -82,8 +90,9 @@ def pick_precision(precision: str) -> dict[str, bool]:
     return {"bf16": precision == "bf16", "fp16": precision == "fp16"}
 
 
-def open_stores(cfg: TrainConfig, run_dir: Path):
-    """The train/eval datasets, after checking their feature configs against each other and the run."""
+def check_stores(cfg: TrainConfig) -> dict[str, FeatureStore]:
+    """The train (and eval) feature stores, after checking that they exist and were built with one
+    feature config (their config files are read, no data)."""
     train_store = FeatureStore(cfg.train_data)
     stores = {"train": train_store}
     if cfg.eval_data:
@@ -97,6 +106,14 @@ def open_stores(cfg: TrainConfig, run_dir: Path):
                 f"{found}, the train store with {wanted}; "
                 "rebuild one of them with the same --config"
             )
+    return stores
+
+
+def open_stores(cfg: TrainConfig, run_dir: Path):
+    """The train/eval datasets, after checking their feature configs against each other and the run."""
+    stores = check_stores(cfg)
+    train_store = stores["train"]
+    wanted = comparable_feature_config(train_store.config.to_dict())
     claim_folder(
         run_dir, "feature_config.json", train_store.config.to_dict(), "a run trained on features",
         comparable=comparable_feature_config,
@@ -174,10 +191,17 @@ def train(cfg: TrainConfig, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     from transformers import EarlyStoppingCallback, Seq2SeqTrainingArguments
 
     quiet_library_notices()  # the evaluation's generate (decoding.py says why)
+    # 0. the checks that need no data: refused here in one line, not after the data has loaded
     lora = LoraSettings.parse(cfg.lora)
     if lora is not None:
-        check_device(lora)  # a quantized base on a CPU is refused before any data is read
+        check_device(lora)  # a quantized base on a CPU
+        check_rank(lora, cfg.model)  # a rank the model's layers cannot hold
+    precision = pick_precision(cfg.precision)  # fp16 on a CPU, bf16 on a GPU without it
+    check_stores(cfg)  # they exist and agree
     run_dir = Path(cfg.output_dir)
+    finished = check_run_folder(cfg, run_dir)
+    if finished is not None:
+        return finished
     run_dir.mkdir(parents=True, exist_ok=True)
     # Under torchrun / accelerate launch: join the job; the main process writes the run folder (distributed.py).
     setup_distributed(cfg.training_arguments().get("ddp_timeout", 1800))
@@ -219,7 +243,7 @@ def train(cfg: TrainConfig, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
         defaults["use_cpu"] = True  # else the Trainer, finding no GPU, trains each process alone on all the data
     if cache is not None:
         defaults["dataloader_num_workers"] = 1  # collates (and reads ahead) a batch or two early
-    args = Seq2SeqTrainingArguments(**{**defaults, **cfg.training_arguments(), **pick_precision(cfg.precision)})
+    args = Seq2SeqTrainingArguments(**{**defaults, **cfg.training_arguments(), **precision})
     compute_metrics = make_compute_metrics(processor.tokenizer) if eval_ds is not None else None
     all_callbacks = _run_folder_callbacks(cfg, run_dir, compute_metrics)
     if cfg.early_stopping_patience is not None:
@@ -235,7 +259,16 @@ def train(cfg: TrainConfig, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
         processing_class=processor,
         callbacks=all_callbacks,
     )
-    trainer.train(resume_from_checkpoint=resume)
+    if resume and 0 < args.max_steps <= checkpoint_step(resume):
+        # Killed after its last checkpoint, before final/ was whole: the weights are trained, and
+        # Trainer.train would take one more step past max_steps. Load them and write final/.
+        from transformers import TrainerState
+
+        print(f"{resume} is step max_steps={args.max_steps}: writing final/ from it, no more training")
+        trainer._load_from_checkpoint(resume)
+        trainer.state = TrainerState.load_from_json(str(Path(resume) / "trainer_state.json"))
+    else:
+        trainer.train(resume_from_checkpoint=resume)
     metrics = {}
     if eval_ds is not None:
         last = trainer.state.log_history[-2:] if trainer.state.log_history else []
@@ -246,6 +279,7 @@ def train(cfg: TrainConfig, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     if not is_main_process():
         barrier()
         return {"final": final, "metrics": metrics, "resumed_from": resume}
+    forget_finished(run_dir)  # final/ is rewritten: not a finished run until it is whole again
     if lora is not None:  # final/ is a plain Whisper checkpoint; the adapter alone goes in final/adapter
         model = merge_for_final(model, final, cfg.model if lora.quantization else None)
     model.config.use_cache = True  # off only for training; generation from final/ wants it
@@ -262,10 +296,70 @@ def train(cfg: TrainConfig, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     if trainer.state.log_history:
         draw_curves(run_dir, trainer.state.log_history, cfg.figure)
     write_model_card(final, cfg, metrics)
+    length = cfg.training_arguments()
+    record_finished(run_dir, final, {"max_steps": length["max_steps"], "num_train_epochs": length.get("num_train_epochs"),
+                                     "global_step": trainer.state.global_step, "metrics": metrics})
     barrier()  # final/ is whole: the other processes may return
     if cfg.push_to_hub:
         push_final(final, cfg.hub_model_id)
+        _note_pushed(run_dir, cfg.hub_model_id)
     return {"final": final, "metrics": metrics, "resumed_from": resume}
+
+
+def check_run_folder(cfg: TrainConfig, run_dir: Path) -> dict[str, Any] | None:
+    """Before any work: may this config resume `run_dir`? The result of a run it already finished, or None.
+
+    A run folder that has trained (a complete checkpoint or a finished final/) is refused, in one
+    line, to a config that differs from its ``config.json`` in a key that changes the weights
+    (`config.weight_changes`), and to a max_steps below the steps it has trained. A finished run
+    (final/ whole, and max_steps reached or the same length asked) is not trained again: that is
+    said in one line and its recorded result returned (pushed to the Hub first if asked and not yet).
+    """
+    saved = run_dir / "config.json"
+    if not saved.is_file():
+        return None
+    checkpoints = complete_checkpoints(run_dir)
+    finished = finished_record(run_dir)
+    if not checkpoints and finished is None:
+        return None  # nothing trained yet: the new values apply (the old config.json is kept, dated)
+    way_out = f"start a new output_dir, or delete {run_dir} to train this one from the start"
+    try:
+        old = json.loads(saved.read_text())
+    except ValueError:
+        raise UserError(f"{saved} is not readable JSON, so this run folder cannot be resumed safely; {way_out}") from None
+    new = cfg.to_dict()
+    changed = weight_changes(old, new)
+    if changed:
+        raise UserError(
+            f"{run_dir} was trained with {describe_keys(effective_values(old), changed)}, not "
+            f"{describe_keys(effective_values(new), changed)}; resuming would mix the two in one model: {way_out}"
+        )
+    args = cfg.training_arguments()
+    max_steps = args["max_steps"]
+    trained = max([checkpoint_step(c) for c in checkpoints] + [finished["global_step"] if finished else 0])
+    if 0 < max_steps < trained:
+        raise UserError(f"{run_dir} has trained {trained} steps, more than max_steps={max_steps}; "
+                        f"raise --max_steps to at least {trained} to train on, or {way_out}")
+    if finished is None:
+        return None
+    same_length = (finished.get("max_steps"), finished.get("num_train_epochs")) == (max_steps, args.get("num_train_epochs"))
+    if not same_length and not 0 < max_steps <= finished["global_step"]:
+        return None  # asked to train longer: resume
+    print(f"{run_dir} is finished ({finished['global_step']} steps, final/ whole): nothing to train; "
+          "raise --max_steps to train longer")
+    final = run_dir / "final"
+    if cfg.push_to_hub and finished.get("pushed_to") != cfg.hub_model_id and is_main_process():
+        push_final(final, cfg.hub_model_id)
+        _note_pushed(run_dir, cfg.hub_model_id)
+    return {"final": final, "metrics": finished.get("metrics") or {}, "resumed_from": None}
+
+
+@main_only
+def _note_pushed(run_dir: Path, hub_model_id: str) -> None:
+    """Record in the finished-run record where final/ was uploaded, so a re-run does not upload it again."""
+    path = run_dir / FINISHED_RECORD
+    record = json.loads(path.read_text())
+    write_json(path, {**record, "pushed_to": hub_model_id})
 
 
 def fit_to_window(train_ds, frames: int):
