@@ -181,7 +181,7 @@ def test_realism_is_seeded_and_changes_only_the_sound(tmp_path, voices):
 
 
 def test_asking_for_mbrola_where_it_is_missing_is_one_line(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(synth, "missing_voices", lambda families: list(MBROLA_VOICES))
+    monkeypatch.setattr(synth, "missing_voices", lambda families, language="sv": list(MBROLA_VOICES))
     assert cli.main(["synth", "--out", str(tmp_path / "c"), "--clips", "8", "--voices", "espeak,mbrola"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "mb-sw1" in err and "make setup" in err and "--voices espeak" in err
@@ -192,10 +192,10 @@ def test_the_default_voices_are_every_family_that_renders_here(monkeypatch, caps
     from whisper_sv import voices
 
     voices.available_families.cache_clear()
-    monkeypatch.setattr(voices, "missing_voices", lambda families: list(voices.MBROLA_VOICES))
+    monkeypatch.setattr(voices, "missing_voices", lambda families, language="sv": list(voices.MBROLA_VOICES))
     assert SynthConfig().voices == "espeak" and SynthConfig().realism is True
     assert capsys.readouterr().out.count("MBROLA's Swedish voices are not installed") == 1  # said once, in one line
     voices.available_families.cache_clear()
-    monkeypatch.setattr(voices, "missing_voices", lambda families: [])
+    monkeypatch.setattr(voices, "missing_voices", lambda families, language="sv": [])
     assert SynthConfig().voices == "espeak,mbrola"
     voices.available_families.cache_clear()

@@ -1,12 +1,14 @@
-"""The offline Swedish speech corpus: CC0 Common Voice sentences spoken by espeak-ng (and MBROLA).
+"""The offline speech corpus: CC0 Common Voice sentences spoken by espeak-ng (and MBROLA).
 
 The output is a Common Voice release folder (48 kHz MP3 clips, TSVs with today's header), so every
 stage reads it as ``cv:PATH`` exactly like the real download. Splits are by sentence, so no sentence
 is in two splits, and everything is a function of the seed: the same seed gives the same files.
 
-Speakers (`voices`) are espeak-ng's formant voices and, on request, MBROLA's diphone voices of real
-Swedish speakers; a speaker can be held out of training (only in the test split), and each clip
-can get a room, noise, a telephone line, a level and a speed (`realism`). Left at their defaults
+The corpus is Swedish unless `language` says otherwise (English ships too, for checking that a
+fine-tuned model still handles English and as replay data). Speakers (`voices`) are espeak-ng's
+formant voices of that language and, where installed, MBROLA's diphone voices of real speakers of
+it; a speaker can be held out of training (only in the test split), and each clip can get a room,
+noise, a telephone line, a level and a speed (`realism`). Left at their defaults
 these settings make the corpus earlier versions made, byte for byte, and record nothing new in
 ``synth.json``, so those corpora are resumed and skipped, not refused.
 """
@@ -18,6 +20,7 @@ import io
 import json
 import os
 import random
+import re
 import shutil
 from dataclasses import asdict, dataclass, field
 from multiprocessing import get_context
@@ -33,11 +36,24 @@ from .fileio import claim_folder, remove_dead_temp_files, sha256_file, write_ato
 from .options import add_options, build, options_from
 from .realism import Effects, apply_effects, draw_effects
 from .sources import CV_HEADER
-from .voices import FAMILIES, INSTALL_MBROLA, Voice, missing_voices, parse_families, parse_speakers, speak
+from .voices import (
+    MBROLA_DATABASES,
+    Voice,
+    check_language,
+    families,
+    install_mbrola,
+    language_name,
+    missing_voices,
+    parse_families,
+    parse_speakers,
+    speak,
+)
 
 CHECKOUT = Path(__file__).resolve().parents[2]
 BUNDLED_SENTENCES = "data/sv_sentences.txt"  # as synth.json names the copy that ships with the code
 SENTENCES = CHECKOUT / BUNDLED_SENTENCES
+_BUNDLED = re.compile(r"data/[A-Za-z0-9-]+_sentences\.txt")  # data/<language>_sentences.txt, as synth.json names them
+LOCALES = {"sv": "sv-SE"}  # Common Voice's locale of a language where it is not the code itself
 RECORD_NAME = "synth.json"
 CLIP_RATE = 48000  # Common Voice ships 48 kHz MP3
 RATES = (130, 190)  # words per minute, drawn uniformly per clip
@@ -46,7 +62,7 @@ NOISE_DB = -55.0  # a faint noise floor, seeded per clip, so silences are not di
 HOLDOUT_SPLIT = "test"  # where a held-out speaker's clips go
 # Fields that came after the first corpus, with the value that makes the corpus it made. Left at
 # it, a field is not written into synth.json, so a corpus from before it is still recognised.
-LEGACY_VALUES = {"voices": "espeak", "holdout_speakers": "", "realism": False}
+LEGACY_VALUES = {"language": "sv", "voices": "espeak", "holdout_speakers": "", "realism": False}
 # The realism knobs change nothing while `realism` is off, so they are recorded only when it is on.
 REALISM_KNOBS = ("snr_db", "reverb_share", "rt60_s", "telephone_share", "gain_db", "speed")
 
@@ -58,13 +74,17 @@ class SynthConfig:
     clips: int = 3000  # number of clips
     seed: int = 0  # the same seed gives the same corpus, byte for byte
     splits: dict[str, float] = field(default_factory=lambda: {"train": 0.8, "dev": 0.1, "test": 0.1})  # fraction of the sentences per split
-    # One sentence per line; a split never shares a sentence with another. The default is the copy
-    # in this checkout, wherever the command runs; a corpus is compared by the file's content.
-    sentences: str = BUNDLED_SENTENCES
+    # The language spoken (an espeak-ng language code, e.g. sv, en): its espeak-ng voice, its MBROLA
+    # voices (sv: sw1 sw2; en: us1 us2 us3 en1; other languages have none) and its bundled sentences.
+    language: str = "sv"
+    # One sentence per line; a split never shares a sentence with another. Empty (the default): this
+    # checkout's copy of data/<language>_sentences.txt, wherever the command runs (sv and en ship;
+    # any other language needs a file). A corpus is compared by the file's content.
+    sentences: str = ""
     # Voice families, comma-separated: espeak (16 espeak-ng formant voices) and/or mbrola (MBROLA's
-    # diphone voices of two real Swedish speakers; `make setup` installs them). Per clip a family,
-    # then a voice of it, a rate and a pitch are drawn. auto: both where MBROLA is installed, else
-    # espeak alone (said in one line); synth.json records which.
+    # diphone voices of real speakers of the language; `make setup` installs them). Per clip a family,
+    # then a voice of it, a rate and a pitch are drawn. auto: both where MBROLA's voices of the
+    # language are installed, else espeak alone (said in one line); synth.json records which.
     voices: str = "auto"
     # Speaker ids kept out of training, comma-separated (e.g. mbrola-sw2): their clips are all in
     # the test split, never in train or dev, so the test holds a speaker the model never heard.
@@ -89,9 +109,15 @@ class SynthConfig:
             raise ValueError(f"clips={self.clips}: need at least one clip per split ({len(self.splits)})")
         if abs(sum(self.splits.values()) - 1) > 1e-6:
             raise ValueError(f"split fractions {self.splits} must add up to 1")
+        check_language(self.language)
+        if not self.sentences:
+            bundled = f"data/{self.language}_sentences.txt"
+            if not (CHECKOUT / bundled).is_file():
+                raise ValueError(f"language={self.language!r}: no sentences ship for it ({bundled}); give --sentences FILE, one sentence per line")
+            object.__setattr__(self, "sentences", bundled)
         # Written in one spelling, so "mbrola,espeak" and "espeak, mbrola" are the same corpus.
-        object.__setattr__(self, "voices", ",".join(parse_families(self.voices)))
-        held = parse_speakers(self.holdout_speakers)
+        object.__setattr__(self, "voices", ",".join(parse_families(self.voices, self.language)))
+        held = parse_speakers(self.holdout_speakers, self.language)
         object.__setattr__(self, "holdout_speakers", ",".join(held))
         offered = {v.id for voices in self.voice_pool().values() for v in voices}
         outside = [s for s in held if s not in offered]
@@ -113,8 +139,14 @@ class SynthConfig:
     def voice_pool(self, training: bool = False) -> dict[str, tuple[Voice, ...]]:
         """``{family: its voices}`` a clip draws from; for a train or dev clip, without the held-out speakers."""
         held = set(self.holdout_speakers.split(",")) if training else set()
-        pool = {f: tuple(v for v in FAMILIES[f] if v.id not in held) for f in self.voices.split(",")}
+        table = families(self.language)
+        pool = {f: tuple(v for v in table[f] if v.id not in held) for f in self.voices.split(",")}
         return {f: voices for f, voices in pool.items() if voices}
+
+    @property
+    def locale(self) -> str:
+        """Common Voice's name of the language: ``sv-SE`` for Swedish, ``en`` for English."""
+        return LOCALES.get(self.language, self.language)
 
 
 @dataclass(frozen=True)
@@ -128,11 +160,24 @@ class ClipJob:
     rate: int
     pitch: int
     effects: Effects | None = None  # None: the clean clip
+    locale: str = "sv-SE"  # the corpus's Common Voice locale: the clip's file name and the TSV's locale column
 
 
 def sentences_file(sentences: str | Path) -> Path:
-    """The file a config's ``sentences`` names: `BUNDLED_SENTENCES` is this checkout's copy."""
-    return SENTENCES if str(sentences) == BUNDLED_SENTENCES else Path(sentences)
+    """The file a config's ``sentences`` names: `BUNDLED_SENTENCES` (and the other bundled
+    ``data/<language>_sentences.txt``) is this checkout's copy."""
+    name = str(sentences)
+    if name == BUNDLED_SENTENCES:
+        return SENTENCES
+    if _BUNDLED.fullmatch(name) and (CHECKOUT / name).is_file():
+        return CHECKOUT / name
+    return Path(sentences)
+
+
+def _shown_name(path: Path) -> str:
+    """How synth.json names a sentences file: a bundled one relative to the checkout, any other by its path."""
+    bundled = f"data/{path.name}"
+    return bundled if _BUNDLED.fullmatch(bundled) and path == CHECKOUT / bundled else str(path)
 
 
 def corpus_record(cfg: SynthConfig) -> dict:
@@ -144,8 +189,7 @@ def corpus_record(cfg: SynthConfig) -> dict:
     Fields at their `LEGACY_VALUES`, and the realism knobs while realism is off, are left out.
     """
     path = sentences_file(cfg.sentences).resolve()
-    shown = BUNDLED_SENTENCES if path == SENTENCES else str(path)
-    return _without_unused({**asdict(cfg), "sentences": shown, "sentences_sha256": sha256_file(path)})
+    return _without_unused({**asdict(cfg), "sentences": _shown_name(path), "sentences_sha256": sha256_file(path)})
 
 
 def _without_unused(record: dict) -> dict:
@@ -214,6 +258,7 @@ def plan_corpus(cfg: SynthConfig) -> list[ClipJob]:
                 rate=rng.randint(*RATES),
                 pitch=rng.randint(*PITCHES),
                 effects=_draw_effects(cfg, i) if cfg.realism else None,
+                locale=cfg.locale,
             )
         )
     in_test = {j.voice.id for j in jobs if j.split == HOLDOUT_SPLIT}
@@ -228,8 +273,8 @@ def _draw_effects(cfg: SynthConfig, index: int) -> Effects:
     return draw_effects(rng, **{k: getattr(cfg, k) for k in REALISM_KNOBS})
 
 
-def clip_name(index: int) -> str:
-    return f"common_voice_sv-SE_{index:08d}.mp3"
+def clip_name(index: int, locale: str = "sv-SE") -> str:
+    return f"common_voice_{locale}_{index:08d}.mp3"
 
 
 def render_clip(job: ClipJob, clips_dir: Path) -> int:
@@ -238,7 +283,7 @@ def render_clip(job: ClipJob, clips_dir: Path) -> int:
     Written to a temporary name and renamed, so a killed run never leaves a truncated clip that
     a re-run would trust.
     """
-    out = clips_dir / clip_name(job.index)
+    out = clips_dir / clip_name(job.index, job.locale)
     if out.exists():
         return round(sf.info(str(out)).frames / CLIP_RATE * 1000)
     speech, rate = speak(job.voice, job.sentence, job.rate, job.pitch)
@@ -266,8 +311,9 @@ def synthesize(out: str | Path, cfg: SynthConfig = SynthConfig(), workers: int |
     """
     if shutil.which("espeak-ng") is None:
         raise UserError("espeak-ng is not installed: run `make setup` (or apt-get install espeak-ng)")
-    if "mbrola" in cfg.voices.split(",") and (missing := missing_voices(("mbrola",))):
-        raise UserError(f"MBROLA voice(s) {', '.join(v.espeak_name for v in missing)} not installed: {INSTALL_MBROLA}; or use --voices espeak")
+    if "mbrola" in cfg.voices.split(",") and (missing := missing_voices(("mbrola",), cfg.language)):
+        raise UserError(f"MBROLA voice(s) {', '.join(v.espeak_name for v in missing)} not installed: "
+                        f"{install_mbrola(cfg.language)}; or use --voices espeak")
     out = Path(out)
     clips_dir = out / "clips"
     record = corpus_record(cfg)
@@ -292,13 +338,15 @@ def synthesize(out: str | Path, cfg: SynthConfig = SynthConfig(), workers: int |
     for name, split_rows in rows.items():
         _write_tsv(out / f"{name}.tsv", split_rows)
     _write_tsv(out / "validated.tsv", [r for name in cfg.splits for r in rows[name]])
-    _write_lines(out / "clip_durations.tsv", ["clip\tduration[ms]"] + [f"{clip_name(j.index)}\t{durations[j.index]}" for j in jobs])
+    _write_lines(out / "clip_durations.tsv", ["clip\tduration[ms]"] + [f"{clip_name(j.index, j.locale)}\t{durations[j.index]}" for j in jobs])
     write_atomic(out / "README.md", _corpus_readme(cfg, record))
     write_atomic(out / ".completed", b"")  # last, after everything above is on disk
     return out
 
 
 def _corpus_readme(cfg: SynthConfig, record: dict) -> str:
+    if cfg.language != "sv":
+        return _other_language_readme(cfg, record)
     if "mbrola" not in cfg.voices.split(","):
         engine = "espeak-ng"
     else:  # the voice licence travels with the clips (data/README.md)
@@ -308,11 +356,30 @@ def _corpus_readme(cfg: SynthConfig, record: dict) -> str:
             f"sentences (data/sv_sentences.txt). Config: {json.dumps(record)}\n")
 
 
+# What a corpus's README says of MBROLA's voices of a language (data/README.md has the full terms).
+MBROLA_TERMS = {
+    "en": "free to use with MBROLA and to copy without charge; us1-us3 not to be sold, or built into a product\n"
+          "that is sold, without their owners' permission (data/README.md); a test and demo corpus",
+}
+
+
+def _other_language_readme(cfg: SynthConfig, record: dict) -> str:
+    """The README of a corpus in another language than Swedish (the Swedish one's text is kept as it was)."""
+    name = language_name(cfg.language)
+    lines = [f"Synthetic {name} speech corpus made by whisper-sv synth from the sentences in {record['sentences']},"]
+    if "mbrola" in cfg.voices.split(","):
+        lines += [f"spoken by espeak-ng and MBROLA's {name} voices {'/'.join(MBROLA_DATABASES[cfg.language])}. Those voices' terms:",
+                  MBROLA_TERMS.get(cfg.language, "see their Debian package's copyright file") + "."]
+    else:
+        lines += ["spoken by espeak-ng."]
+    return "\n".join(lines) + f"\nConfig: {json.dumps(record)}\n"
+
+
 def _tsv_row(job: ClipJob) -> list[str]:
     described = f"espeak-ng {job.voice.espeak_name} rate {job.rate} pitch {job.pitch}"
     values = {
         "client_id": job.voice.client_id,  # one hash per speaker, as Common Voice's; voices.py reads it back as the voice id
-        "path": clip_name(job.index),
+        "path": clip_name(job.index, job.locale),
         "sentence_id": hashlib.sha256(job.sentence.encode()).hexdigest(),
         "sentence": job.sentence,
         "sentence_domain": "",
@@ -322,7 +389,7 @@ def _tsv_row(job: ClipJob) -> list[str]:
         "gender": "",
         "accents": described if job.effects is None else f"{described} {job.effects.describe()}",
         "variant": "",
-        "locale": "sv-SE",
+        "locale": job.locale,
         "segment": "",
     }
     return [values[c] for c in CV_HEADER]
@@ -338,7 +405,7 @@ def _write_lines(path: Path, lines: list[str]) -> None:
 
 def add_cli(sub) -> None:
     """Register ``whisper-sv synth``."""
-    p = sub.add_parser("synth", help="build the offline synthetic Swedish corpus (Common Voice layout)")
+    p = sub.add_parser("synth", help="build the offline synthetic corpus, Swedish unless --language says otherwise (Common Voice layout)")
     p.add_argument("--out", required=True, help="folder to write (clips/ + train/dev/test/validated.tsv)")
     p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
     add_options(p, SynthConfig, title="corpus (saved as synth.json; a re-run must ask for the same)")
