@@ -363,6 +363,20 @@ def test_precision_bf16_on_a_cpu_asks_the_trainer_for_cpu_autocast(monkeypatch):
     assert train_module.pick_precision("bf16") == {"bf16": False, "fp16": False}
 
 
+def test_the_encoder_cache_is_float32_on_a_cpu_without_bf16_units(monkeypatch, capsys):
+    import torch
+
+    import whisper_sv.train as train_module
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(train_module, "cpu_has_bf16", lambda: True)
+    assert train_module.cache_in_bf16(True) and not train_module.cache_in_bf16(False)
+    assert capsys.readouterr().out == ""
+    monkeypatch.setattr(train_module, "cpu_has_bf16", lambda: False)  # emulated: ~7x slower than float32
+    assert not train_module.cache_in_bf16(True)
+    assert "computed in float32" in capsys.readouterr().out
+
+
 def test_bf16_on_a_cpu_trains_under_autocast_and_saves_float32(sv_stores, tmp_path, monkeypatch):
     """The cpu-demo preset trains with `precision: bf16` on the CPU: the layers compute in bfloat16
     (autocast), the weights stay float32, and evaluation's generate runs under it too."""
