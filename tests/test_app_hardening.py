@@ -295,21 +295,23 @@ def int16_scale_wav(clip, tmp_path_factory) -> Path:
     return path
 
 
-def test_float_audio_past_full_scale_is_normalised(client, int16_scale_wav):
+def test_float_audio_past_full_scale_is_normalised(client, clip, int16_scale_wav):
     assert np.abs(sf.read(int16_scale_wav)[0]).max() > 1000
     audio = load_audio(int16_scale_wav)
     assert np.abs(audio).max() == pytest.approx(1.0)
     text = transcribe(client, int16_scale_wav)
-    assert wer_report([SENTENCE], [text])["cer"] < 0.3, text  # 7cf0c72: "L L L L ..."
+    # The same words as the clip at its own level (unnormalised, Whisper heard "L L L L ..."); how
+    # well the base hears the sentence at all depends on the CPU's int8 kernels, not on this.
+    assert text == transcribe(client, clip) and wer_report([SENTENCE], [text])["cer"] < 0.6, text
 
 
 @pytest.mark.slow
-def test_cli_transcribe_normalises_too(int16_scale_wav, capsys):
+def test_cli_transcribe_normalises_too(clip, int16_scale_wav, capsys):
     from whisper_sv.cli import main
 
-    assert main(["transcribe", "--json", str(int16_scale_wav)]) == 0
-    text = json.loads(capsys.readouterr().out.splitlines()[-1])["text"]
-    assert wer_report([SENTENCE], [text])["cer"] < 0.3, text
+    assert main(["transcribe", "--json", str(clip), str(int16_scale_wav)]) == 0
+    plain, loud = (json.loads(line)["text"] for line in capsys.readouterr().out.splitlines()[-2:])
+    assert loud == plain and wer_report([SENTENCE], [loud])["cer"] < 0.6, loud
 
 
 # 7. A refused upload is one log line ----------------------------------------------------------------
