@@ -10,13 +10,15 @@ layers, of its own (the graph stays acyclic); a stage never imports another stag
 
 1. base: no `whisper_sv` imports but each other's (errors, audio constants and loader, metrics,
    locks, the ranks of a multi-process job, options, the CT2 file format, the shard row, the
-   synthetic voices and their acoustics).
+   synthetic voices and their acoustics, non-speech signals, stitched recordings).
 2. shared: what several stages use (log-mel, sources, model specs and the packaged model, the
    training config, the decode helpers, the feature config and store, the encoder cache, the
    training run's collator, checkpoints and report, the search's config and report).
 3. stages: one subcommand each (synth, features, train, evaluate, export, inference/transcribe).
-4. orchestrators: compose stages (search trains, demo runs the pipeline, app serves inference).
-5. cli: collects every subcommand; nothing imports it.
+4. orchestrators: compose stages (search trains, app serves inference, the report card scores
+   two models every way users decode them).
+5. pipeline: the demo runs every stage and the report card.
+6. cli: collects every subcommand; nothing imports it.
 
 And three boundaries the layers alone would allow to blur:
 
@@ -38,14 +40,15 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "whisper_sv"
 
 LAYERS: list[tuple[str, set[str]]] = [
     ("base", {"__init__", "errors", "audio", "metrics", "locks", "options", "continuation", "ct2_format", "shard_format", "fileio",
-              "voices", "realism", "distributed"}),
+              "voices", "realism", "distributed", "nonspeech", "longform"}),
     ("shared", {
         "logmel", "logmel_figures", "sources", "models", "packaged", "ct2_state_dict", "ct2_to_transformers", "config", "decoding",
         "feature_config", "feature_store", "shard_merge", "encoder_cache", "encoder_window", "collator", "checkpoints", "run_report", "search_config", "lora",
         "search_report",
     }),
     ("stages", {"synth", "features", "train", "evaluate", "export", "inference"}),
-    ("orchestrators", {"search", "demo", "app"}),
+    ("orchestrators", {"search", "app", "report_card"}),
+    ("pipeline", {"demo"}),
     ("cli", {"cli"}),
 ]
 SAME_LAYER_ALLOWED = {"base", "shared"}
@@ -153,7 +156,7 @@ def test_training_and_evaluation_do_not_import_the_feature_pipeline(graph):
 
 
 def test_the_store_side_and_the_decode_helpers_import_no_stage(graph):
-    stages = {m for layer, modules in LAYERS if layer in ("stages", "orchestrators", "cli") for m in modules}
+    stages = {m for layer, modules in LAYERS if layer in ("stages", "orchestrators", "pipeline", "cli") for m in modules}
     wrong = {m: sorted(reachable(graph, m) & stages) for m in STORE_SIDE if reachable(graph, m) & stages}
     assert not wrong, f"imports a stage: {wrong}"
 

@@ -26,6 +26,7 @@ STAGES = (
     ("train", "whisper_sv.train"),
     ("evaluate", "whisper_sv.evaluate"),
     ("export", "whisper_sv.export"),
+    ("report-card", "whisper_sv.report_card"),
     ("search", "whisper_sv.search"),
     ("transcribe", "whisper_sv.inference"),
     ("app", "whisper_sv.app"),

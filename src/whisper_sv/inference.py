@@ -193,7 +193,7 @@ class FasterWhisperBackend:
 
     def __init__(self, ct2_dir: str | Path, device: str = "auto", compute_type: str | None = None,
                  options: InferenceOptions = InferenceOptions(), cpu_threads: int | None = None,
-                 label: str | None = None):
+                 label: str | None = None, language: str = LANGUAGE):
         from faster_whisper import WhisperModel
         from faster_whisper.tokenizer import Tokenizer
 
@@ -215,7 +215,8 @@ class FasterWhisperBackend:
 
             self.decoder = ctranslate2.models.Whisper(str(self.ct2_dir), device="cpu", compute_type=compute_type,
                                                       intra_threads=options.decode_threads)
-        self.tokenizer = Tokenizer(self.model.hf_tokenizer, self.ct2.is_multilingual, task=TASK, language=LANGUAGE)
+        self.language = language
+        self.tokenizer = Tokenizer(self.model.hf_tokenizer, self.ct2.is_multilingual, task=TASK, language=language)
         self.prompt = [*self.tokenizer.sot_sequence, self.tokenizer.no_timestamps]
 
     def transcribe(self, audio: np.ndarray) -> str:
