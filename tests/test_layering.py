@@ -10,7 +10,8 @@ layers, of its own (the graph stays acyclic); a stage never imports another stag
 
 1. base: no `whisper_sv` imports but each other's (errors, audio constants and loader, metrics,
    locks, the ranks of a multi-process job, options, the CT2 file format, the shard row, the
-   synthetic voices and their acoustics, non-speech signals, stitched recordings).
+   synthetic voices and their acoustics, non-speech signals, stitched recordings, the training
+   recipe's rows).
 2. shared: what several stages use (log-mel, sources, model specs and the packaged model, the
    training config, the decode helpers, the feature config and store, the encoder cache, the
    training run's collator, checkpoints and report, the search's config and report).
@@ -40,7 +41,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "whisper_sv"
 
 LAYERS: list[tuple[str, set[str]]] = [
     ("base", {"__init__", "errors", "audio", "metrics", "locks", "options", "continuation", "ct2_format", "shard_format", "fileio",
-              "voices", "realism", "distributed", "nonspeech", "longform"}),
+              "voices", "realism", "distributed", "nonspeech", "longform", "recipe"}),
     ("shared", {
         "logmel", "logmel_figures", "sources", "models", "packaged", "ct2_state_dict", "ct2_to_transformers", "config", "decoding",
         "feature_config", "feature_store", "shard_merge", "encoder_cache", "encoder_window", "collator", "checkpoints", "run_report", "search_config", "lora",

@@ -15,6 +15,7 @@ from typing import Any
 
 from .errors import UserError, check_field_types
 from .logmel import Smoothing
+from .recipe import Recipe
 from .models import DEFAULT_MODEL, LANGUAGE, TASK
 from .shard_format import FORMAT_VERSION, FORMATS
 
@@ -44,10 +45,15 @@ class FeatureConfig:
     audio_column: str = "audio"  # audio column of a Hub dataset
     text_column: str | None = None  # transcript column of a Hub dataset; null: sentence, text, ...
     format_version: int = FORMAT_VERSION
+    # Rows added beside the plain clips so a fine-tune keeps timestamps, silence and other
+    # languages (recipe.py): a JSON object of Recipe keys, e.g. {"stitched_share": 0.3,
+    # "nonspeech_share": 0.05, "replay_source": "cv:corpus/en-synth", "replay_share": 0.1}; null: none.
+    recipe: Recipe | None = None
 
     def __post_init__(self):
-        check_field_types(self, [f.name for f in dataclasses.fields(self) if f.name != "smoothing"])
+        check_field_types(self, [f.name for f in dataclasses.fields(self) if f.name not in ("smoothing", "recipe")])
         object.__setattr__(self, "smoothing", Smoothing.parse(self.smoothing))
+        object.__setattr__(self, "recipe", Recipe.parse(self.recipe))
         if not 0 < self.max_seconds <= 30:
             raise ValueError(f"max_seconds={self.max_seconds}: Whisper sees at most 30 s; use a value in (0, 30]")
         if not 0 < self.max_label_tokens <= 448:
@@ -65,6 +71,11 @@ class FeatureConfig:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["smoothing"] = None if self.smoothing is None else self.smoothing.to_dict()
+        # Written only when set, so a store made before the recipe existed keeps its config.
+        if self.recipe is None:
+            del d["recipe"]
+        else:
+            d["recipe"] = self.recipe.to_dict()
         return d
 
     @classmethod

@@ -55,6 +55,7 @@ from .fileio import differing_keys, pid_is_alive, remove_dead_temp_files, write_
 from .logmel import log_mel, smooth_log_mel
 from .models import LANGUAGE, TASK, model_errors, resolve_model
 from .options import add_options, options_from
+from .recipe import ExtraRow, ShardExtras, Tokens, nonspeech_rows, replay_plan, stitched_rows
 from .shard_format import FORMATS, ShardRow, shard_bytes
 from .shard_merge import done_record_path, format_merge_summary, merge_shards, write_done_record
 from .sources import Example, decode_example, iter_examples, open_source
@@ -111,6 +112,7 @@ def build_features(
     # The first row is read now: a mistyped --source or --split fails before the folder exists.
     examples = open_source(config.source, config.split, audio_column=config.audio_column, text_column=config.text_column)
     total = _count_examples(config) if config.source.startswith("cv:") or Path(config.source, "clips").is_dir() else None
+    plan = _recipe_plan(config, model_dir, tokenizer)  # reads a replay source now: a typo fails before the folder exists
     # 2. Claim the folder: its config, its layout, and this manifest's writer lock.
     config, writer = _claim_folder(out, config, shard_index, num_shards)
     try:
@@ -124,7 +126,7 @@ def build_features(
         seen = collections.Counter()  # the source's shards and clips, for the completion record
         shards = _shards(examples, config.shard_size, seen)
         owned = ((k, exs) for k, exs in shards if k % num_shards == shard_index and k not in done)
-        todo = _with_labels(owned, tokenizer)
+        todo = _with_labels(owned, tokenizer, plan)
         started, written, rejected, n_shards = time.perf_counter(), 0, collections.Counter(), 0
         bar = _progress(total, progress, skipped=sum(r["clips"] for r in read_manifest(manifest)))
         with manifest.open("a", encoding="utf-8") as log_file:
@@ -222,13 +224,16 @@ def load_tokenizer(model: str, language: str = LANGUAGE, task: str = TASK):
     return tokenizer
 
 
-def process_shard(index: int, examples: list, labels: list[list[int]], out: Path, config: FeatureConfig) -> dict[str, Any]:
+def process_shard(index: int, examples: list, labels: list[list[int]], out: Path, config: FeatureConfig,
+                  extras: ShardExtras | None = None) -> dict[str, Any]:
     """Turn one shard of examples (and their label ids) into ``{split}-{index:05d}.parquet`` + rejects.
 
-    Returns the shard's manifest line.
+    With `extras` (a recipe, recipe.py) the shard also gets its stitched, non-speech and replayed
+    rows, after its plain ones. Returns the shard's manifest line.
     """
     rows, rejects = [], []
-    for ex, ids in zip(examples, labels):
+    kept: list[tuple] = []  # (audio, sentence, labels, spaced text ids, speaker) of the plain rows, for stitching
+    for i, (ex, ids) in enumerate(zip(examples, labels)):
         reason, detail = None, ""
         if ex.reject is not None:
             reason, detail = ex.reject
@@ -246,12 +251,13 @@ def process_shard(index: int, examples: list, labels: list[list[int]], out: Path
         if reason:
             rejects.append({"id": ex.id, "reason": reason, "detail": detail})
             continue
-        compact, n_frames, pad_value = log_mel(audio, config.n_mels)
-        compact, n_frames = smooth_log_mel(compact, n_frames, pad_value, config.smoothing)
-        rows.append(ShardRow(
-            clip_id=ex.id, sentence=ex.sentence, duration=len(audio) / SAMPLE_RATE, input_features=compact.astype(np.float16),
-            n_frames=n_frames, pad_value=pad_value, labels=ids, speaker=ex.speaker,
-        ))
+        rows.append(_row(ex.id, ex.sentence, audio, ids, ex.speaker, config))
+        if extras is not None and extras.recipe.stitched_share:
+            kept.append((audio, ex.sentence, ids, extras.spaced_text[i], ex.speaker))
+    if extras is not None:
+        extra_rows, extra_rejects = _recipe_rows(index, len(examples), kept, extras, config)
+        rows += [_row(r.clip_id, r.sentence, r.audio, r.labels, r.speaker, config) for r in extra_rows]
+        rejects += extra_rejects
 
     name = f"{config.split}-{index:05d}"
     rejects_name = f"{name}.rejects.jsonl"
@@ -271,6 +277,40 @@ def process_shard(index: int, examples: list, labels: list[list[int]], out: Path
     }
 
 
+def _row(clip_id: str, sentence: str, audio: np.ndarray, labels: list[int], speaker: str, config: FeatureConfig) -> ShardRow:
+    compact, n_frames, pad_value = log_mel(audio, config.n_mels)
+    compact, n_frames = smooth_log_mel(compact, n_frames, pad_value, config.smoothing)
+    return ShardRow(
+        clip_id=clip_id, sentence=sentence, duration=len(audio) / SAMPLE_RATE, input_features=compact.astype(np.float16),
+        n_frames=n_frames, pad_value=pad_value, labels=labels, speaker=speaker,
+    )
+
+
+def _recipe_rows(index: int, n_plain: int, kept: list[tuple], extras: ShardExtras,
+                 config: FeatureConfig) -> tuple[list[ExtraRow], list[dict]]:
+    """The recipe's rows of one shard (stitched, non-speech, replayed) and the replayed clips that could not be used."""
+    rows = stitched_rows(index, kept, extras) + nonspeech_rows(index, n_plain, extras)
+    rejects = []
+    for ex, ids in zip(extras.replay, extras.replay_labels):
+        clip_id = f"replay:{ex.id}"
+        try:
+            if ex.reject is not None:
+                raise AudioError(*ex.reject)
+            if len(ids) > config.max_label_tokens:
+                raise AudioError("labels_too_long", f"{len(ids)} label tokens > {config.max_label_tokens}")
+            audio = decode_example(ex, max_seconds=config.max_seconds)
+        except AudioError as err:
+            rejects.append({"id": clip_id, "reason": err.reason, "detail": str(err)})
+            continue
+        except Exception as err:  # a decoder crash must not take the shard down with it
+            rejects.append({"id": clip_id, "reason": "undecodable", "detail": f"{type(err).__name__}: {err}"})
+            continue
+        rows.append(ExtraRow(clip_id, ex.sentence, audio, list(ids), ex.speaker))
+    too_long = [r for r in rows if len(r.labels) > config.max_label_tokens]
+    rejects += [{"id": r.clip_id, "reason": "labels_too_long", "detail": f"{len(r.labels)} label tokens"} for r in too_long]
+    return [r for r in rows if r not in too_long], rejects
+
+
 # ---------------------------------------------------------------------------------------------
 # Orchestration in the parent.
 
@@ -284,18 +324,46 @@ def _shards(examples: Iterator[Example], shard_size: int, seen: collections.Coun
         yield k, chunk
 
 
-def _with_labels(shards, tokenizer) -> Iterator[tuple[int, list, list[list[int]]]]:
-    """Add label ids to each shard. The parent tokenizes (a batch of sentences takes milliseconds), so
-    workers never import transformers."""
+def _with_labels(shards, tokenizer, plan: dict[str, Any] | None = None) -> Iterator[tuple[int, list, list[list[int]], ShardExtras | None]]:
+    """Add label ids (and, with a recipe, what its rows need) to each shard. The parent tokenizes (a
+    batch of sentences takes milliseconds), so workers never import transformers."""
     for k, examples in shards:
-        yield k, examples, tokenizer([ex.sentence for ex in examples]).input_ids if examples else []
+        labels = tokenizer([ex.sentence for ex in examples]).input_ids if examples else []
+        extras = None
+        if plan is not None:
+            recipe = plan["recipe"]
+            spaced = (tokenizer([" " + ex.sentence.strip() for ex in examples], add_special_tokens=False).input_ids
+                      if recipe.stitched_share and examples else [])
+            picks = replay_plan(len(plan["replay"]), k, len(examples), recipe)
+            extras = ShardExtras(recipe, plan["tokens"], spaced, [plan["replay"][i] for i in picks],
+                                 [plan["replay_labels"][i] for i in picks])
+        yield k, examples, labels, extras
+
+
+def _recipe_plan(config: FeatureConfig, model_dir: str, tokenizer) -> dict[str, Any] | None:
+    """What every shard's recipe rows draw on: the token ids, and the replay source's rows (read once,
+    undecoded) with their labels in the replay language. None without a recipe that adds rows."""
+    recipe = config.recipe
+    if recipe is None or not recipe.adds_rows:
+        return None
+    if recipe.nonspeech_share or recipe.stitched_share:
+        if config.task != "transcribe":
+            raise UserError("a recipe with stitched or non-speech clips labels transcripts: use task transcribe")
+    replay, replay_labels = [], []
+    if recipe.replay_share:
+        replay = [ex for ex in iter_examples(recipe.replay_source, recipe.replay_split) if ex.reject is None and ex.sentence.strip()]
+        if not replay:
+            raise UserError(f"recipe replay_source {recipe.replay_source}:{recipe.replay_split} holds no usable clips")
+        replay_labels = load_tokenizer(model_dir, recipe.replay_language, config.task)([ex.sentence for ex in replay]).input_ids
+    tokens = Tokens.of(tokenizer, config.language, config.task, recipe.replay_language if recipe.replay_share else None)
+    return {"recipe": recipe, "tokens": tokens, "replay": replay, "replay_labels": replay_labels}
 
 
 def _run_shards(todo, out: Path, config: FeatureConfig, workers: int) -> Iterator[dict]:
     """Process shards, yielding manifest lines in shard order with at most 2 x workers in flight."""
     if workers == 1:
-        for k, examples, labels in todo:
-            yield process_shard(k, examples, labels, out, config)
+        for k, examples, labels, extras in todo:
+            yield process_shard(k, examples, labels, out, config, extras)
         return
     ctx = get_context("forkserver" if "forkserver" in get_all_start_methods() else "spawn")
     bank = logmel.mel_filters(config.n_mels)
@@ -304,8 +372,8 @@ def _run_shards(todo, out: Path, config: FeatureConfig, workers: int) -> Iterato
     initargs = (config.n_mels, bank, os.getpid())
     with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=initargs) as pool:
         pending: collections.deque = collections.deque()
-        for k, examples, labels in todo:
-            pending.append(pool.submit(process_shard, k, examples, labels, out, config))
+        for k, examples, labels, extras in todo:
+            pending.append(pool.submit(process_shard, k, examples, labels, out, config, extras))
             if len(pending) >= 2 * workers:  # bounded: a streamed source never piles up in memory
                 yield pending.popleft().result()
         while pending:

@@ -35,6 +35,7 @@ from .audio import N_FRAMES
 from .checkpoints import (FINISHED_RECORD, checkpoint_step, complete_checkpoints, finished_record, forget_finished, mark_complete,
                           record_finished, resume_checkpoint)
 from .collator import SpeechCollator, keep_freed_memory, trainer_class
+from .recipe import nospeech_token_id
 from .config import TRAINING_DEFAULTS, TrainConfig, effective_values, load_config, parse_overrides, weight_changes
 from .decoding import quiet_library_notices
 from .distributed import barrier, is_main_process, main_only, main_process_first, world_size
@@ -111,9 +112,11 @@ def check_stores(cfg: TrainConfig) -> dict[str, FeatureStore]:
     stores = {"train": train_store}
     if cfg.eval_data:
         stores["eval"] = FeatureStore(cfg.eval_data)
-    wanted = comparable_feature_config(train_store.config.to_dict())
+    # The training recipe (recipe.py) adds rows to the train store; it does not change how a clip
+    # becomes numbers, so an eval store of plain clips matches a train store made with one.
+    wanted = comparable_feature_config(train_store.config.to_dict(), recipe=False)
     for name, store in stores.items():
-        found = comparable_feature_config(store.config.to_dict())
+        found = comparable_feature_config(store.config.to_dict(), recipe=False)
         if found != wanted:
             raise ValueError(
                 f"{name} store {store.folder} was built with feature config "
@@ -150,9 +153,10 @@ def open_stores(cfg: TrainConfig, run_dir: Path):
 _SOURCE_KEYS = {"source", "split", "audio_column", "text_column", "shard_size", "format_version"}
 
 
-def comparable_feature_config(config: dict[str, Any]) -> dict[str, Any]:
-    """The part of a feature config that changes the numbers the model sees."""
-    return {k: v for k, v in config.items() if k not in _SOURCE_KEYS}
+def comparable_feature_config(config: dict[str, Any], recipe: bool = True) -> dict[str, Any]:
+    """The part of a feature config that changes the numbers the model sees (with `recipe` false,
+    without the rows a training recipe adds)."""
+    return {k: v for k, v in config.items() if k not in _SOURCE_KEYS and (recipe or k != "recipe")}
 
 
 def prepare_model(cfg: TrainConfig, feature_config: dict[str, Any], lora: LoraSettings | None = None):
@@ -269,7 +273,9 @@ def train(cfg: TrainConfig, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
         args=args,
         train_dataset=train_ds,
         eval_dataset=eval_ds,
-        data_collator=SpeechCollator(model.config.decoder_start_token_id, readahead, cfg.encoder_window_s),
+        data_collator=SpeechCollator(model.config.decoder_start_token_id, readahead, cfg.encoder_window_s,
+                                     nospeech_token_id=nospeech_token_id(processor.tokenizer),
+                                     pad_token_id=model.config.pad_token_id),
         compute_metrics=compute_metrics,
         processing_class=processor,
         callbacks=all_callbacks,

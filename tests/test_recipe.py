@@ -1,0 +1,141 @@
+"""The training recipe's rows in a feature store: stitched clips with timestamp tokens at the frames
+where their sentences are, non-speech clips with the no-speech target, and replayed English clips in
+the share the config asks for; the collator's two targets for a non-speech row."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from whisper_sv.collator import SpeechCollator
+from whisper_sv.feature_config import FeatureConfig
+from whisper_sv.feature_store import FeatureStore
+from whisper_sv.features import build_features, load_tokenizer
+from whisper_sv.recipe import Recipe, nospeech_token_id
+from whisper_sv.synth import SynthConfig, synthesize
+
+SHARD = 16  # the session corpus's 48 training clips: 3 shards
+RECIPE = {"stitched_share": 0.5, "timestamp_share": 0.5, "nonspeech_share": 0.25, "replay_share": 0.25, "seed": 3}
+
+
+@pytest.fixture(scope="module")
+def en_corpus(tmp_path_factory):
+    return synthesize(tmp_path_factory.mktemp("en-synth"), SynthConfig(language="en", clips=30, seed=2, voices="espeak", realism=False), workers=2)
+
+
+@pytest.fixture(scope="module")
+def recipe_store(sv_corpus, en_corpus, tmp_path_factory):
+    out = tmp_path_factory.mktemp("recipe") / "train"
+    config = FeatureConfig(shard_size=SHARD, recipe={**RECIPE, "replay_source": f"cv:{en_corpus}"})
+    build_features(f"cv:{sv_corpus}", "train", out, config, workers=1, progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return load_tokenizer("packaged:whisper-base")
+
+
+def _rows(store, prefix):
+    return [r for r in FeatureStore(store).rows() if r.clip_id.startswith(prefix)]
+
+
+def test_the_store_holds_each_ingredient_in_its_share(recipe_store):
+    rows = list(FeatureStore(recipe_store).rows())
+    plain = [r for r in rows if r.clip_id.startswith("common_voice_")]
+    assert len(plain) == 48
+    per_shard = [16, 16, 16]
+    assert len(_rows(recipe_store, "stitched-")) == sum(round(0.5 * n) for n in per_shard)
+    assert len(_rows(recipe_store, "nonspeech-")) == sum(round(0.25 * n) for n in per_shard)
+    assert len(_rows(recipe_store, "replay:")) == sum(round(0.25 * n) for n in per_shard)
+    saved = json.loads((recipe_store / "feature_config.json").read_text())
+    assert saved["recipe"]["stitched_share"] == 0.5
+
+
+def test_a_store_without_the_recipe_keeps_its_old_config(sv_stores):
+    assert "recipe" not in json.loads((sv_stores["train"] / "feature_config.json").read_text())
+
+
+def test_stitched_clips_carry_timestamp_tokens_at_the_frames_of_their_sentences(recipe_store, tokenizer):
+    begin = tokenizer.convert_tokens_to_ids("<|0.00|>")
+    stamped = _rows(recipe_store, "stitched-")
+    with_ts = [r for r in stamped if r.clip_id.endswith("-ts")]
+    assert with_ts and len(with_ts) < len(stamped)  # timestamp_share 0.5: some of each
+    for row in with_ts:
+        labels = list(row.labels)
+        assert labels[:3] == tokenizer.convert_tokens_to_ids(["<|startoftranscript|>", "<|sv|>", "<|transcribe|>"])
+        assert tokenizer.convert_tokens_to_ids("<|notimestamps|>") not in labels
+        times = [(t - begin) * 0.02 for t in labels if t >= begin]
+        assert len(times) % 2 == 0 and len(times) >= 4 and times == sorted(times)
+        assert times[-1] <= row.duration + 1e-6 <= 30
+        # Every segment's frames hold speech, every pause between two segments only the floor.
+        energy = row.input_features.astype(np.float32).mean(axis=0)
+        spans = [(round(times[i] * 100), round(times[i + 1] * 100)) for i in range(0, len(times), 2)]
+        for (s, e), (next_s, _) in zip(spans, spans[1:]):
+            speech, pause = energy[s:e].mean(), energy[e + 5 : next_s - 5].mean()
+            assert speech > pause + 0.15, (row.clip_id, s, e, next_s)
+        # The text between the stamps is the sentences, in order.
+        text = tokenizer.decode([t for t in labels if t < begin], skip_special_tokens=True)
+        assert " ".join(text.split()) == " ".join(row.sentence.split())
+
+
+def test_stitched_clips_without_timestamps_have_the_joined_text(recipe_store, tokenizer):
+    plain = [r for r in _rows(recipe_store, "stitched-") if not r.clip_id.endswith("-ts")]
+    for row in plain:
+        assert list(row.labels[:4]) == tokenizer.convert_tokens_to_ids(
+            ["<|startoftranscript|>", "<|sv|>", "<|transcribe|>", "<|notimestamps|>"])
+        assert list(row.labels) == tokenizer(row.sentence).input_ids  # what the tokenizer gives the joined text
+
+
+def test_a_non_speech_row_trains_the_no_speech_token_and_an_empty_transcript(recipe_store, tokenizer):
+    ids = tokenizer.convert_tokens_to_ids
+    nospeech = nospeech_token_id(tokenizer)
+    assert nospeech == ids("<|nocaptions|>")  # base's vocabulary: <|nospeech|> is not in it
+    rows = _rows(recipe_store, "nonspeech-")
+    assert rows
+    for row in rows:
+        assert row.sentence == "" and list(row.labels) == [ids("<|startoftranscript|>"), nospeech, ids("<|sv|>"),
+                                                          ids("<|transcribe|>"), ids("<|notimestamps|>"), ids("<|endoftext|>")]
+    speech = _rows(recipe_store, "common_voice_")[0]
+    collate = SpeechCollator(ids("<|startoftranscript|>"), nospeech_token_id=nospeech, pad_token_id=ids("<|endoftext|>"))
+    as_dict = lambda r: {"labels": r.labels, "n_frames": r.n_frames, "pad_value": r.pad_value, "input_features": r.input_features}  # noqa: E731
+    batch = collate([as_dict(speech), as_dict(rows[0])])
+    labels, decoder = batch["labels"][1].tolist(), batch["decoder_input_ids"][1].tolist()
+    assert labels[:4] == [nospeech, ids("<|transcribe|>"), ids("<|notimestamps|>"), ids("<|endoftext|>")]
+    assert decoder[:4] == ids(["<|startoftranscript|>", "<|sv|>", "<|transcribe|>", "<|notimestamps|>"])
+    # The speech row's decoder input is its labels shifted right, as the model would make it.
+    n = len(speech.labels) - 1
+    assert batch["decoder_input_ids"][0, 1:n].tolist() == batch["labels"][0, : n - 1].tolist()
+    # Without a non-speech row the batch is what it always was: labels alone.
+    assert "decoder_input_ids" not in collate([as_dict(speech)])
+
+
+def test_replayed_clips_carry_their_own_language(recipe_store, tokenizer, en_corpus):
+    rows = _rows(recipe_store, "replay:")
+    header, *lines = (en_corpus / "train.tsv").read_text(encoding="utf-8").splitlines()
+    column = header.split("\t").index("sentence")
+    english = {line.split("\t")[column] for line in lines}
+    for row in rows:
+        assert row.labels[1] == tokenizer.convert_tokens_to_ids("<|en|>")
+        assert row.sentence in english
+
+
+def test_the_recipe_rows_are_the_same_on_a_second_run(recipe_store, sv_corpus, en_corpus, tmp_path):
+    config = FeatureConfig(shard_size=SHARD, recipe={**RECIPE, "replay_source": f"cv:{en_corpus}"})
+    build_features(f"cv:{sv_corpus}", "train", tmp_path / "again", config, workers=2, progress=False)
+    first = [json.loads(line)["sha256"] for line in (recipe_store / "manifest.jsonl").read_text().splitlines()]
+    second = [json.loads(line)["sha256"] for line in (tmp_path / "again" / "manifest.jsonl").read_text().splitlines()]
+    assert first == second
+
+
+@pytest.mark.parametrize("bad, words", [
+    ({"stiched_share": 0.3}, "did you mean 'stitched_share'"),
+    ({"timestamp_share": 2}, "timestamp_share"),
+    ({"replay_share": 0.1}, "needs replay_source"),
+    ({"stitch_max_s": 40}, "stitch_max_s"),
+])
+def test_a_bad_recipe_is_refused_in_one_line(bad, words):
+    with pytest.raises(Exception, match=words):
+        Recipe.parse(bad)
