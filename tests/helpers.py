@@ -43,3 +43,35 @@ def sigkill_after_checkpoint(cmd: list[str], env: dict, checkpoint: Path, timeou
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (checkpoint.parent / "final").exists(), "killed too late to test anything"
+
+
+def stopping_tiny(folder, seed: int, stop_at: int = 10):
+    """``random:tiny`` saved to `folder`, changed so that it says a few random tokens and then stops.
+
+    The random model's end-of-text embedding is the padding row (zeros), so it never ends a text
+    and every decode runs to the length limit through all of faster-whisper's temperature
+    fallbacks (about 8.5 minutes for this test's card on two cores). Here decoder positions from `stop_at` on
+    point at a non-zero end-of-text embedding, and the final layer norm is scaled so that the
+    choices are confident: each decode takes a few steps. `seed` perturbs the weights (another model).
+    """
+    import shutil
+
+    import torch
+    from transformers import WhisperForConditionalGeneration
+
+    from whisper_sv.models import random_tiny_dir
+
+    shutil.copytree(random_tiny_dir(), folder)
+    model = WhisperForConditionalGeneration.from_pretrained(folder)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        if seed:
+            for p in model.parameters():
+                p.add_(0.01 * torch.randn(p.shape, generator=generator))
+        eot = torch.randn(model.config.d_model, generator=generator)
+        eot = 0.5 * eot / eot.norm()
+        model.model.decoder.embed_tokens.weight[model.config.eos_token_id] = eot
+        model.model.decoder.embed_positions.weight[stop_at:] = 100 * eot
+        model.model.decoder.layer_norm.weight.mul_(10.0)
+    model.save_pretrained(folder)
+    return folder

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import stopping_tiny
 
 from whisper_sv.demo import format_table, table_rows
 from whisper_sv.voices import missing_voices
@@ -19,9 +20,9 @@ from whisper_sv.voices import missing_voices
 WARNING_LINE = re.compile(r"warn|deprecat", re.IGNORECASE)
 
 
-def _tiny_preset(tmp_path: Path) -> Path:
+def _tiny_preset(tmp_path: Path, model: str = "random:tiny") -> Path:
     preset = {
-        "model": "random:tiny", "train_data": str(tmp_path / "features" / "train"), "eval_data": str(tmp_path / "features" / "dev"),
+        "model": model, "train_data": str(tmp_path / "features" / "train"), "eval_data": str(tmp_path / "features" / "dev"),
         "output_dir": str(tmp_path / "run"), "figure": None, "freeze_encoder": True, "freeze_embeddings": True,
         "encoder_cache": "cross_kv", "encoder_window_s": 15, "encoder_cache_dtype": "int8", "max_steps": 6,
         "per_device_train_batch_size": 4, "per_device_eval_batch_size": 2, "learning_rate": 1e-3, "warmup_steps": 0,
@@ -40,7 +41,8 @@ def test_the_demo_runs_to_its_table_without_a_repeated_warning(tmp_path):
     per-batch warning shows up 6 times here: 6 training steps, 2 evaluations of 2 batches)."""
     figure = tmp_path / "demo.png"
     args = [sys.executable, "-m", "whisper_sv.demo", "--corpus", str(tmp_path / "corpus"), "--features", str(tmp_path / "features"),
-            "--clips", "40", "--seed", "1", "--preset", str(_tiny_preset(tmp_path)), "--eval-clips", "8", "--figure", str(figure)]
+            "--clips", "40", "--seed", "1", "--preset", str(_tiny_preset(tmp_path)), "--eval-clips", "8", "--figure", str(figure),
+            "--report-card", "false"]  # 4 test clips: too little speech for a long-form recording
     env = {k: v for k, v in os.environ.items() if k != "PYTHONWARNINGS"}  # what a user sees: Python's default filters
     proc = subprocess.run(args, capture_output=True, text=True, env=env, timeout=900)
     output = proc.stdout + proc.stderr
@@ -71,3 +73,35 @@ def test_table_rows_give_each_family_and_the_unseen_speaker():
     text = format_table(rows)
     assert "mbrola-sw2 (unseen)" in text and "80.0%" in text and "0.50" in text
     assert [r["group"] for r in table_rows(report(0.8, 0.9, 0.6, 0.5), report(0.4, 0.45, 0.3, 0.25))] == ["all", "espeak", "mbrola"]
+
+
+@pytest.mark.slow
+def test_the_demo_trains_with_the_recipe_and_shows_the_report_card(tmp_path):
+    """`make demo --recipe ...` on a tiny model (one that ends its texts, so decoding is quick): the
+    training store gets the recipe's rows and 30 s windows, and the card is printed, drawn, written
+    and put into the model card, base against tuned."""
+    model = stopping_tiny(tmp_path / "tiny", seed=0)
+    card_figure = tmp_path / "card.png"
+    recipe = {"stitched_share": 0.3, "nonspeech_share": 0.1, "replay_share": 0.2}
+    args = [sys.executable, "-m", "whisper_sv.demo", "--corpus", str(tmp_path / "corpus"), "--features", str(tmp_path / "features"),
+            "--clips", "220", "--voices", "espeak", "--holdout-speaker", "", "--realism", "false",
+            "--preset", str(_tiny_preset(tmp_path, str(model))), "--eval-clips", "8", "--figure", "null",
+            "--english-corpus", str(tmp_path / "en"), "--english-clips", "40", "--card-longform", "1",
+            "--card-figure", str(card_figure), "--recipe", json.dumps(recipe)]
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=1500)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output[-3000:]
+    from whisper_sv.feature_store import FeatureStore
+
+    ids = [r.clip_id for r in FeatureStore(tmp_path / "features" / "train").rows()]
+    assert any(i.startswith("stitched-") for i in ids) and any(i.startswith("nonspeech-") for i in ids)
+    assert any(i.startswith("replay:") for i in ids)
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["encoder_window_s"] == 30
+    card = json.loads((tmp_path / "run" / "report_card" / "report_card.json").read_text())
+    assert card["config"]["base"] == str(model) and card["config"]["model"] == str(tmp_path / "run" / "final")
+    assert {"target", "parity", "longform", "nonspeech", "other_language"} <= set(card["tuned"])
+    assert card_figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "## Report card" in (tmp_path / "run" / "final" / "README.md").read_text()
+    assert "long-form faster_whisper" in output and "checks:" in output  # printed, not only written
+    summary = json.loads((tmp_path / "run" / "demo.json").read_text())
+    assert summary["report_card"]["checks"] and summary["table"][0]["group"] == "all"

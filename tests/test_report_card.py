@@ -11,6 +11,8 @@ import math
 import numpy as np
 import pytest
 
+from helpers import stopping_tiny
+
 from whisper_sv import longform, nonspeech
 from whisper_sv import report_card as rc
 from whisper_sv.longform import Segment
@@ -454,43 +456,11 @@ def test_draw_writes_a_png(tmp_path):
 # report_card end to end
 
 
-def _stopping_tiny(folder, seed: int, stop_at: int = 10):
-    """``random:tiny`` saved to `folder`, changed so that it says a few random tokens and then stops.
-
-    The random model's end-of-text embedding is the padding row (zeros), so it never ends a text
-    and every decode runs to the length limit through all of faster-whisper's temperature
-    fallbacks (about 8.5 minutes for this test's card on two cores). Here decoder positions from `stop_at` on
-    point at a non-zero end-of-text embedding, and the final layer norm is scaled so that the
-    choices are confident: each decode takes a few steps. `seed` perturbs the weights (another model).
-    """
-    import shutil
-
-    import torch
-    from transformers import WhisperForConditionalGeneration
-
-    from whisper_sv.models import random_tiny_dir
-
-    shutil.copytree(random_tiny_dir(), folder)
-    model = WhisperForConditionalGeneration.from_pretrained(folder)
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        if seed:
-            for p in model.parameters():
-                p.add_(0.01 * torch.randn(p.shape, generator=generator))
-        eot = torch.randn(model.config.d_model, generator=generator)
-        eot = 0.5 * eot / eot.norm()
-        model.model.decoder.embed_tokens.weight[model.config.eos_token_id] = eot
-        model.model.decoder.embed_positions.weight[stop_at:] = 100 * eot
-        model.model.decoder.layer_norm.weight.mul_(10.0)
-    model.save_pretrained(folder)
-    return folder
-
-
 def test_new_weights_in_the_same_folder_are_scored_anew(tmp_path):
     import torch
     from transformers import WhisperForConditionalGeneration
 
-    folder = _stopping_tiny(tmp_path / "tuned", seed=1)
+    folder = stopping_tiny(tmp_path / "tuned", seed=1)
     first = rc.ModelUnderTest(str(folder), tmp_path / "out")
     assert (first.ct2_dir / "model.bin").is_file()
     before = first.fingerprint()
@@ -511,7 +481,7 @@ def test_report_card_end_to_end_on_tiny_models(tmp_path, capsys):
                                                  splits={"train": 0.3, "dev": 0.1, "test": 0.6}), workers=2)
     en = synthesize(tmp_path / "en", SynthConfig(language="en", clips=6, seed=3, voices="espeak", realism=False,
                                                  splits={"train": 0.34, "dev": 0.33, "test": 0.33}), workers=2)
-    base, tuned = _stopping_tiny(tmp_path / "base", seed=0), _stopping_tiny(tmp_path / "tuned", seed=1)
+    base, tuned = stopping_tiny(tmp_path / "base", seed=0), stopping_tiny(tmp_path / "tuned", seed=1)
     out = tmp_path / "card"
     cfg = rc.ReportCardConfig(model=str(tuned), base=str(base), data=str(sv), other_data=str(en), clips=4,
                               parity_clips=2, longform=1, longform_s=30, nonspeech_s=2, other_clips=2, out=str(out))

@@ -9,6 +9,14 @@
 5. WER of the fine-tuned model on the same clips         runs/cpu-demo/after.json
 6. CTranslate2 export for faster-whisper (int8)          runs/cpu-demo/ct2
 7. before/after per voice family and for the unseen speaker: printed, runs/cpu-demo/demo.json, img/demo.png
+8. the report card, base against tuned where users run Whisper (report_card.py): long-form
+   recordings through the app, faster-whisper's defaults and the Transformers pipeline (WER, loops,
+   timestamps), non-speech with VAD off, English kept (an English corpus, corpus/en-synth),
+   export parity                                       runs/cpu-demo/report_card, img/report_card.png
+
+`recipe` (off by default) builds the training store with the recipe that keeps timestamps,
+silence and English (recipe.py): stitched clips up to 28 s, half with timestamp tokens, non-speech
+clips and English replay; it trains on 30 s encoder windows, since stitched clips fill them.
 
 Every stage skips work that is already done, so a re-run after a crash continues where it
 stopped. Test sentences are never trained on (the corpus is split by sentence), and the held-out
@@ -35,6 +43,7 @@ from .feature_config import FeatureConfig
 from .features import build_features
 from .fileio import write_atomic, write_json
 from .options import add_options, build, options_from
+from .report_card import ReportCardConfig, print_card, report_card, score_one, target_report, write_card_section
 from .synth import SynthConfig, synthesize
 from .train import train
 from .voices import INSTALL_MBROLA
@@ -57,6 +66,16 @@ class DemoConfig:
     eval_clips: int = 100  # test clips scored before and after
     workers: int = 2  # processes for the corpus and the features
     figure: str | None = "img/demo.png"  # the before/after table as a picture; null: none
+    # The report card after the export (base against tuned: long-form, timestamps, non-speech,
+    # English, export parity); false skips it.
+    report_card: bool = True
+    english_corpus: str = "corpus/en-synth"  # the card's other language, made by the demo (synth --language en)
+    english_clips: int = 300  # its size (test split: a tenth)
+    card_longform: int = 2  # long-form recordings of at least a minute on the card
+    card_figure: str | None = "img/report_card.png"  # the card as a picture; null: only in the run folder
+    # The training recipe that keeps what the base could do (recipe.py keys), e.g. {"stitched_share":
+    # 0.25, "nonspeech_share": 0.05, "replay_share": 0.1} (replay from english_corpus); null: plain clips only.
+    recipe: dict | None = None
 
 
 def run_demo(cfg: DemoConfig = DemoConfig()) -> dict:
@@ -72,20 +91,37 @@ def run_demo(cfg: DemoConfig = DemoConfig()) -> dict:
     def done(name: str):
         seconds[name] = round(time.perf_counter() - seconds[name], 1)
 
+    recipe = _demo_recipe(cfg)
+    if recipe and recipe.get("stitched_share") and train_cfg.encoder_window_s < 30:
+        print(f"recipe: stitched clips fill Whisper's 30 s window: training on 30 s windows, not {train_cfg.encoder_window_s:g}")
+        train_cfg = replace(train_cfg, encoder_window_s=30.0)
     synth = demo_corpus_config(cfg)
     stage("corpus", f"synthetic corpus: {cfg.clips} clips ({synth.voices}"
                     f"{', realism' if synth.realism else ''}) -> {cfg.corpus}")
     synthesize(cfg.corpus, synth, cfg.workers)
+    if cfg.report_card or recipe:
+        english = SynthConfig(language="en", clips=cfg.english_clips, seed=cfg.seed, realism=cfg.realism)
+        print(f"English corpus for the report card{' and the replay' if recipe else ''}: {cfg.english_clips} clips -> {cfg.english_corpus}")
+        synthesize(cfg.english_corpus, english, cfg.workers)
     done("corpus")
 
     stage("features", f"features -> {cfg.features}/{{train,dev,test}}")
     for split in ("train", "dev", "test"):
-        build_features(f"cv:{cfg.corpus}", split, Path(cfg.features) / split, FeatureConfig(model=train_cfg.model), cfg.workers)
+        config = FeatureConfig(model=train_cfg.model, recipe=recipe if split == "train" else None)
+        build_features(f"cv:{cfg.corpus}", split, Path(cfg.features) / split, config, cfg.workers)
     done("features")
 
     test_store = str(Path(cfg.features) / "test")
-    stage("before", f"WER of {train_cfg.model} on {cfg.eval_clips} test clips")
-    before = _cached_eval(train_cfg.model, test_store, run_dir / "before.json", cfg.eval_clips, train_cfg.encoder_window_s)
+    card_cfg = ReportCardConfig(model=str(run_dir / "final"), base=train_cfg.model, data=cfg.corpus, clips=cfg.eval_clips,
+                                parity_clips=min(ReportCardConfig.parity_clips, cfg.eval_clips),
+                                longform=cfg.card_longform, other_data=cfg.english_corpus, out=str(run_dir / "report_card"))
+    if cfg.report_card:  # the base's whole card now; its target section is the table's "before"
+        stage("before", f"report card of {train_cfg.model}: {cfg.eval_clips} test clips through CTranslate2 int8, "
+                        f"long-form, non-speech, English")
+        before = target_report(score_one(train_cfg.model, card_cfg))
+    else:
+        stage("before", f"WER of {train_cfg.model} on {cfg.eval_clips} test clips")
+        before = _cached_eval(train_cfg.model, test_store, run_dir / "before.json", cfg.eval_clips, train_cfg.encoder_window_s)
     done("before")
 
     stage("train", f"fine-tune ({cfg.preset}) -> {run_dir / 'final'}")
@@ -96,15 +132,25 @@ def run_demo(cfg: DemoConfig = DemoConfig()) -> dict:
         print(f"{final} exists - skipping (delete it to train again)")
     done("train")
 
-    stage("after", f"WER of the fine-tuned model on the same {cfg.eval_clips} clips")
-    after = _cached_eval(str(final), test_store, run_dir / "after.json", cfg.eval_clips, train_cfg.encoder_window_s)
-    done("after")
-
     stage("export", f"CTranslate2 export (int8) -> {run_dir / 'ct2'}")
     export_ct2(str(final), run_dir / "ct2", quantization="int8")
     done("export")
 
-    _show_examples(run_dir / "before.csv", run_dir / "after.csv", 5)
+    card = None
+    if cfg.report_card:
+        stage("after", f"report card of the fine-tune on the same inputs -> {run_dir / 'report_card'}")
+        card = report_card(card_cfg)
+        after = target_report(score_one(str(final), card_cfg))  # reused from the card, not scored again
+        write_card_section(final, card)
+        if cfg.card_figure:
+            Path(cfg.card_figure).parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(Path(cfg.card_figure), (run_dir / "report_card" / "report_card.png").read_bytes())
+    else:
+        stage("after", f"WER of the fine-tuned model on the same {cfg.eval_clips} clips")
+        after = _cached_eval(str(final), test_store, run_dir / "after.json", cfg.eval_clips, train_cfg.encoder_window_s)
+    done("after")
+
+    _show_examples(before["utterances"], after["utterances"], 5)
     rows = table_rows(before, after, synth.holdout_speakers)
     print(f"\nWER on {after['n']} synthetic test clips (sentences never trained on), {after['window_s']:g} s encoder window:")
     print(format_table(rows))
@@ -112,10 +158,24 @@ def run_demo(cfg: DemoConfig = DemoConfig()) -> dict:
     if cfg.figure:
         draw_table(rows, cfg.figure, f"{train_cfg.model} fine-tuned on {cfg.preset and Path(cfg.preset).name}")
         print(f"table drawn: {cfg.figure}")
+    if card is not None:
+        print(f"\nreport card ({run_dir / 'report_card'}; {cfg.card_figure or 'no figure'}):")
+        print_card(card)
     print("wall time per stage (s): " + ", ".join(f"{k} {v}" for k, v in seconds.items()))
-    summary = {"before": _brief(before), "after": _brief(after), "table": rows, "seconds": seconds}
+    summary = {"before": _brief(before), "after": _brief(after), "table": rows, "seconds": seconds,
+               "report_card": None if card is None else {"rows": card["rows"], "checks": card["checks"]}}
     write_json(run_dir / "demo.json", summary)
     return summary
+
+
+def _demo_recipe(cfg: DemoConfig) -> dict | None:
+    """The demo's recipe with its replay source filled in (the demo's English corpus)."""
+    if not cfg.recipe:
+        return None
+    recipe = dict(cfg.recipe)
+    if recipe.get("replay_share") and not recipe.get("replay_source"):
+        recipe["replay_source"] = f"cv:{cfg.english_corpus}"
+    return recipe
 
 
 def demo_corpus_config(cfg: DemoConfig) -> SynthConfig:
@@ -183,17 +243,18 @@ def _cached_eval(model: str, data: str, out: Path, n: int, window_s: float) -> d
         report = json.loads(out.read_text())
         if report.get("model") == model and report.get("n") == n and report.get("window_s") == window_s:
             print(f"{out} exists - skipping")
-            return report
-    return evaluate(model, data, out=out, max_samples=n, window_s=window_s)
+            return report | {"utterances": list(csv.DictReader(out.with_suffix(".csv").open(encoding="utf-8")))}
+    report = evaluate(model, data, out=out, max_samples=n, window_s=window_s)
+    return report | {"utterances": list(csv.DictReader(out.with_suffix(".csv").open(encoding="utf-8")))}
 
 
 def _brief(report: dict) -> dict:
     return {k: report[k] for k in ("wer", "wer_ortho", "cer", "n", "model", "window_s", "families")}
 
 
-def _show_examples(before_csv: Path, after_csv: Path, n: int) -> None:
-    before = {r["id"]: r for r in csv.DictReader(before_csv.open(encoding="utf-8"))}
-    for row in list(csv.DictReader(after_csv.open(encoding="utf-8")))[:n]:
+def _show_examples(before_rows: list[dict], after_rows: list[dict], n: int) -> None:
+    before = {r["id"]: r for r in before_rows}
+    for row in after_rows[:n]:
         print(f"\nREF:    {row['reference']}\nBEFORE: {before.get(row['id'], {}).get('hypothesis', '?')}\nAFTER:  {row['hypothesis']}")
 
 
