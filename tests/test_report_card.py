@@ -535,3 +535,26 @@ def test_report_card_end_to_end_on_tiny_models(tmp_path, capsys):
     assert second.count("figures from") == 2 and "report card: scoring" not in second, second
     assert {spec: path.stat().st_mtime_ns for spec, path in cached.items()} == stamps
     assert again["rows"] == card["rows"]
+
+
+def test_the_model_card_gets_the_section_once_and_the_wers_users_see(tmp_path):
+    from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+    eval_wer = EvalResult(task_type="automatic-speech-recognition", dataset_type="features/dev", dataset_name="dev",
+                          metric_type="wer", metric_value=41.0)
+    data = ModelCardData(language="sv", model_name="run", eval_results=[eval_wer])
+    (tmp_path / "README.md").write_text(f"---\n{data.to_yaml()}\n---\n\n# run\n\nTrained.\n")
+    card = _card()
+    for _ in range(2):  # a second card replaces the first, it does not pile up
+        rc.write_card_section(tmp_path, card)
+    written = ModelCard.load(tmp_path / "README.md")
+    assert written.text.count(rc.CARD_HEADING) == 1 and "Trained." in written.text
+    results = {r.dataset_type: r.metric_value for r in written.data.eval_results}
+    assert results.pop("features/dev") == 41.0  # the training's own evaluation is kept
+    tuned = card["tuned"]
+    assert results == {
+        "whisper-sv-report-card/long-form-faster-whisper": round(100 * tuned["longform"]["faster_whisper"]["wer"], 2),
+        "whisper-sv-report-card/long-form-pipeline": round(100 * tuned["longform"]["pipeline"]["wer"], 2),
+        f"whisper-sv-report-card/other-language-{card['config']['other_language']}": round(100 * tuned["other_language"]["wer"], 2),
+    }
+    assert rc.write_card_section(tmp_path / "no-card", card) is None

@@ -483,13 +483,33 @@ def target_report(figures: dict) -> dict:
 
 
 def write_card_section(final: Path, card: dict) -> Path | None:
-    """Put the card's section into the model card (``final/README.md``), replacing an earlier one."""
+    """Put the card into the model card (``final/README.md``): its section (replacing an earlier
+    one) and, in the model-index metadata, the tuned model's WER where users decode it (long-form
+    through faster-whisper's defaults and the pipeline, and the other language)."""
     readme = Path(final) / "README.md"
     if not readme.is_file():
         return None
-    text = readme.read_text(encoding="utf-8")
-    head = text.split(CARD_HEADING, 1)[0].rstrip() + "\n\n"
-    return write_atomic(readme, head + markdown(card))
+    from huggingface_hub import EvalResult, ModelCard
+
+    model_card = ModelCard.load(readme)
+    data, cfg = model_card.data, card["config"]
+    kept = [r for r in (data.eval_results or []) if not (r.dataset_type or "").startswith("whisper-sv-report-card")]
+    figures = [("long-form-faster-whisper", f"long-form {cfg['language']} (stitched test sentences), faster-whisper defaults",
+                card["tuned"]["longform"]["faster_whisper"]["wer"]),
+               ("long-form-pipeline", f"long-form {cfg['language']} (stitched test sentences), transformers pipeline",
+                card["tuned"]["longform"]["pipeline"]["wer"])]
+    if "other_language" in card["tuned"]:
+        figures.append((f"other-language-{cfg['other_language']}", f"{cfg['other_language']} test clips (language kept)",
+                        card["tuned"]["other_language"]["wer"]))
+    for kind, name, wer in figures:
+        kept.append(EvalResult(task_type="automatic-speech-recognition", task_name="Speech Recognition",
+                               dataset_type=f"whisper-sv-report-card/{kind}", dataset_name=name,
+                               metric_type="wer", metric_name="WER", metric_value=round(100 * float(wer), 2)))
+    data.eval_results = kept
+    if data.model_name is None:
+        data.model_name = Path(final).parent.name
+    body = model_card.text.split(CARD_HEADING, 1)[0].rstrip() + "\n\n" + markdown(card)
+    return write_atomic(readme, f"---\n{data.to_yaml()}\n---\n{body}")
 
 
 def report_card(cfg: ReportCardConfig) -> dict:
