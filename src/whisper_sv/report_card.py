@@ -212,7 +212,12 @@ class ModelUnderTest:
     def whisper(self):
         """faster-whisper's `WhisperModel` on the export, as a user loads it (int8 on a CPU)."""
         if self._whisper is None:
+            import logging
+
             from faster_whisper import WhisperModel
+
+            # It logs "Processing audio with duration ..." at INFO for every call: one line a clip.
+            logging.getLogger("faster_whisper").setLevel(logging.WARNING)
 
             from .inference import _cuda_available
 
