@@ -10,7 +10,15 @@ a 655 kHz FLAC, a playlist naming a server file, random bytes, oversize text, an
 a multi-file upload, an absurd temperature): every valid request must succeed, every hostile one
 be refused with a message; the app process's peak RSS is sampled. Writes app_load_hostile.json.
 
+With ``--mix long-short`` long uploads compete with short clips: 16 short clips from 16 clients,
+started ``--gap`` seconds apart, first alone, then again after 4 uploads of 6-9 minutes of synthetic
+speech (``--long-seconds``, each from its own client) were sent. It reports the short clips'
+p50/p95 latency alone and in the mix, the ratio, and the long uploads' latencies; each simulated
+client sends its own X-Forwarded-For address (trusted on loopback), so each counts as one client
+against the app's per-client allowance of queued audio. Writes app_load_long_short.json.
+
     flock /tmp/whisper_sv_bench.lock python bench/app_load.py [--clients 20] [--requests 2] [--hostile]
+    flock /tmp/whisper_sv_bench.lock python bench/app_load.py --mix long-short [--shorts 16] [--gap 0.5]
 """
 
 from __future__ import annotations
@@ -193,6 +201,89 @@ def run_hostile(url: str, clip: str | Path, files: dict[str, Path], clients: int
     }
 
 
+def run_long_short(url: str, short_clip: str | Path, long_clips: list[Path], shorts: int = 16, gap_s: float = 0.5,
+                   lead_s: float = 3.0, deadline_s: float = 900.0) -> dict:
+    """After one warm-up request, `shorts` short clips alone, then the same again `lead_s` after
+    `long_clips` were submitted. Each short clip comes from its own client, started `gap_s` after the
+    previous one; every client (short or long) sends its own X-Forwarded-For address. Returns
+    latencies (submit to result) and errors."""
+    from gradio_client import Client, handle_file
+
+    assert url.startswith(("http://127.0.0.1", "http://localhost")), "the load test only targets loopback"
+    t_end = time.monotonic() + deadline_s
+    errors: list[str] = []
+    lock = threading.Lock()
+
+    def client(address: str) -> Client:
+        return Client(url, verbose=False, headers={"X-Forwarded-For": address})
+
+    def timed(c: Client, clip, out: list[float], label: str, delay: float = 0.0) -> None:
+        time.sleep(delay)
+        started = time.perf_counter()
+        try:
+            c.submit(handle_file(str(clip)), api_name="/transcribe").result(timeout=max(1.0, t_end - time.monotonic()))
+        except Exception as err:
+            with lock:
+                errors.append(f"{label}: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
+            return
+        with lock:
+            out.append(time.perf_counter() - started)
+
+    def short_round(tag: str) -> tuple[list[float], float]:
+        clients = [client(f"10.1.{int(tag == 'mix')}.{i + 1}") for i in range(shorts)]  # made before the clock starts
+        latencies: list[float] = []
+        wall = time.perf_counter()
+        threads = [threading.Thread(target=timed, args=(c, short_clip, latencies, f"short {tag} {i}", i * gap_s))
+                   for i, c in enumerate(clients)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(max(1.0, t_end - time.monotonic()))
+        return latencies, time.perf_counter() - wall
+
+    client("10.0.0.1").predict(handle_file(str(short_clip)), api_name="/transcribe")  # warm-up, not counted
+    alone, alone_wall = short_round("alone")
+    long_clients = [client(f"10.2.0.{i + 1}") for i in range(len(long_clips))]
+    long_latencies: list[float] = []
+    long_threads = [threading.Thread(target=timed, args=(c, clip, long_latencies, f"long {clip.name}"))
+                    for c, clip in zip(long_clients, long_clips)]
+    wall = time.perf_counter()
+    for t in long_threads:
+        t.start()
+    time.sleep(lead_s)  # the uploads are in and being decoded
+    mix, mix_wall = short_round("mix")
+    for t in long_threads:
+        t.join(max(1.0, t_end - time.monotonic()))
+    wall = time.perf_counter() - wall
+    ratio = lambda q: percentile(mix, q) / percentile(alone, q) if alone and mix else float("nan")  # noqa: E731
+    return {
+        "shorts": shorts, "gap_s": gap_s, "lead_s": lead_s, "long_uploads": len(long_clips), "errors": errors,
+        "short_alone": {"ok": len(alone), "p50_s": percentile(alone, 50), "p95_s": percentile(alone, 95),
+                        "max_s": max(alone, default=float("nan")), "wall_s": alone_wall, "latencies_s": sorted(alone)},
+        "short_mix": {"ok": len(mix), "p50_s": percentile(mix, 50), "p95_s": percentile(mix, 95),
+                      "max_s": max(mix, default=float("nan")), "wall_s": mix_wall, "latencies_s": sorted(mix)},
+        "ratio_p50": ratio(50), "ratio_p95": ratio(95),
+        "long": {"ok": len(long_latencies), "latencies_s": sorted(long_latencies)}, "mix_wall_s": wall,
+    }
+
+
+def long_clips(seconds: list[float], clip_dir: Path) -> list[Path]:
+    """Synthetic Swedish speech of each length as FLAC in bench/out, made once and kept."""
+    import soundfile as sf
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from inference import speech_of_length
+
+    paths = []
+    for i, s in enumerate(seconds):
+        path = OUT / f"long_{s:g}s.flac"
+        if not path.exists():
+            audio, _ = speech_of_length(s, clip_dir, seed=100 + i)
+            sf.write(path, audio, 16000)
+        paths.append(path)
+    return paths
+
+
 class PeakRSS:
     """The process's resident memory before and at its peak (sampled every 0.25 s) over a block:
     the app and the bench's client threads together."""
@@ -220,9 +311,17 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--seconds", type=float, default=5.0, help="clip length")
     p.add_argument("--deadline", type=float, default=600.0)
     p.add_argument("--hostile", action="store_true", help="interleave hostile requests with the valid ones")
-    p.add_argument("--out", type=Path, default=None, help="default: bench/out/app_load[_hostile].json")
+    p.add_argument("--mix", choices=["long-short"], default=None,
+                   help="long-short: short clips alone, then behind 4 long uploads (--clients and --requests unused)")
+    p.add_argument("--shorts", type=int, default=16, help="--mix: short clips per round")
+    p.add_argument("--gap", type=float, default=0.5, help="--mix: seconds between the short clips' starts")
+    p.add_argument("--long-seconds", default="360,420,480,540", help="--mix: lengths of the long uploads, s")
+    p.add_argument("--out", type=Path, default=None, help="default: bench/out/app_load[_hostile|_long_short].json")
     args = p.parse_args(argv)
-    args.out = args.out or OUT / ("app_load_hostile.json" if args.hostile else "app_load.json")
+    if args.hostile and args.mix:
+        p.error("--hostile and --mix are separate runs: give one")
+    name = "app_load_hostile.json" if args.hostile else "app_load_long_short.json" if args.mix else "app_load.json"
+    args.out = args.out or OUT / name
 
     import soundfile as sf
 
@@ -243,9 +342,12 @@ def main(argv: list[str] | None = None) -> dict:
     demo = build_demo(cfg, transcriber=transcriber)
     _, url, _ = launch(demo, cfg, block=False)
     files = hostile_files(OUT / "hostile", secret=next(clip_dir.resolve().glob("*.mp3"))) if args.hostile else {}
+    longs = long_clips([float(x) for x in args.long_seconds.split(",")], clip_dir) if args.mix else []
     try:
         with PeakRSS() as rss:
-            if args.hostile:
+            if args.mix:
+                result = run_long_short(url.rstrip("/"), clip, longs, args.shorts, args.gap, deadline_s=args.deadline)
+            elif args.hostile:
                 result = run_hostile(url.rstrip("/"), clip, files, args.clients, args.requests, args.deadline)
             else:
                 result = run_load(url.rstrip("/"), clip, args.clients, args.requests, args.deadline)
@@ -256,6 +358,16 @@ def main(argv: list[str] | None = None) -> dict:
                   concurrency=cfg.concurrency, queue_size=cfg.queue_size)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
+    if args.mix:
+        a, m = result["short_alone"], result["short_mix"]
+        print(f"| {args.shorts} x {args.seconds:g} s behind {len(longs)} x {args.long_seconds} s "
+              f"| {a['p50_s']:.2f} / {a['p95_s']:.2f} | {m['p50_s']:.2f} / {m['p95_s']:.2f} "
+              f"| {result['ratio_p50']:.1f}x / {result['ratio_p95']:.1f}x "
+              f"| {', '.join(f'{x:.0f}' for x in result['long']['latencies_s'])} | {len(result['errors'])} |"
+              f"  (RSS {result['rss_before_mb']:.0f} -> {result['peak_rss_mb']:.0f} MB)")
+        for e in result["errors"][:10]:
+            print("error:", e)
+        return result
     if args.hostile:
         print(f"| {result['clients']} | {result['valid_requests']} + {result['hostile_requests']} hostile | {args.seconds:g} s "
               f"| {result['valid_ok']} | {len(result['valid_errors'])} | {result['hostile_refused']} "

@@ -29,7 +29,21 @@ page shows. It is built to be exposed:
   audio) are refused before Gradio's components read them (`check_inputs`);
 * every failure is one plain message for the client and one line in the server log, never a
   traceback or an empty ``error: null``;
-* the queue has a size limit and each model runs ``concurrency`` requests at a time;
+* the queue has a size limit, and transcription is scheduled fairly (`FairScheduler`): a short
+  clip never waits for someone else's long upload to finish. Every request's speech is split into
+  its VAD chunks (at most 30 s each) and ``concurrency`` decode threads (one by default: on 2 CPU
+  cores two decodes at once only halve each other's speed) take one chunk at a time from the
+  admitted request with the least audio decoded so far, the shorter request on a tie. A new request
+  has had nothing decoded, so it goes next once the chunk in progress ends: a clip of up to 30 s
+  waits for at most one chunk of other audio, and long uploads share the decoder round-robin.
+  Up to ``queue_size`` transcription requests (at most 32, leaving Gradio's other workers to
+  ``/continue``) are admitted at once and the rest wait in Gradio's queue. A client (its IP
+  address as the server sees it; uvicorn takes it from X-Forwarded-For only when the peer is in
+  FORWARDED_ALLOW_IPS, loopback by default, so behind a proxy name the proxy there) may have
+  ``max_client_audio_s`` seconds of audio waiting or in progress and all clients together
+  ``max_queued_audio_s``: a request over either is refused with a one-line message, and at most
+  two uploads are decoded into memory at once. A request whose client goes away is dropped from
+  the schedule. The LM runs ``concurrency`` requests at a time;
 * Gradio serves only the app's upload folder and its static files; the working folder, the model
   cache and the folder's marker are blocked explicitly as well.
 """
@@ -37,8 +51,10 @@ page shows. It is built to be exposed:
 from __future__ import annotations
 
 import argparse
+import asyncio
 import atexit
 import functools
+import itertools
 import json
 import logging
 import math
@@ -50,10 +66,11 @@ import stat
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
+from concurrent.futures import Future, InvalidStateError
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from .audio import FORMAT_NAMES, AudioError, load_audio
+from .audio import FORMAT_NAMES, SAMPLE_RATE, AudioError, load_audio
 from .continuation import (
     MAX_NEW_TOKENS,
     MAX_TEXT_CHARS,
@@ -63,13 +80,16 @@ from .continuation import (
     check_text,
 )
 from .errors import UserError
-from .inference import BACKENDS, NO_SPEECH, InferenceOptions, Transcriber, pick_backend
+from .inference import BACKENDS, NO_SPEECH, InferenceOptions, Transcriber, join_texts, pick_backend
 from .options import add_options, build, options_from
 
 log = logging.getLogger(__name__)
 
 TITLE = "Svenska: tala, läs, fortsätt"
 MAX_BODY_BYTES = 1 << 20  # any request but an upload: /continue's 20,000 characters fit many times
+# Transcription requests admitted to the scheduler at once (Gradio runs at most 40 events at once:
+# the rest stay free for /continue), and uploads decoded into memory at once.
+MAX_ADMITTED, LOADS_AT_ONCE = 32, 2
 _MULTIPART_OVERHEAD = 64 << 10  # part headers and boundaries around the files of one upload
 
 
@@ -108,8 +128,14 @@ class AppConfig:
     upload_ttl_s: float = 600.0  # uploads are deleted this long after they arrive
     max_upload_store_mb: float = 1024.0  # new uploads get HTTP 503 while the folder holds this much
     max_seconds: float = 600.0  # decoded audio longer than this is refused while decoding
-    concurrency: int = 1  # requests each model runs at once (2 CPU cores: one is fastest)
+    concurrency: int = 1  # speech chunks (ASR) or requests (LM) each model decodes at once (2 CPU cores: one is fastest)
     queue_size: int = 64  # waiting requests beyond this are turned away ("queue is full")
+    # Seconds of audio one client (IP address) may have waiting or being transcribed; a request over
+    # it is refused with a message. null: twice max_seconds. At least max_seconds.
+    max_client_audio_s: float | None = None
+    # Seconds of audio all clients together may have waiting (float32 in memory: 230 MB per hour).
+    # null: six times max_seconds. At least max_client_audio_s.
+    max_queued_audio_s: float | None = None
 
     def __post_init__(self):
         if self.backend not in BACKENDS:
@@ -121,6 +147,13 @@ class AppConfig:
                              "max_upload_store_mb at least max_upload_mb")
         if self.concurrency < 1 or self.queue_size < 1:
             raise ValueError("concurrency and queue_size must be at least 1")
+        if self.max_client_audio_s is None:
+            object.__setattr__(self, "max_client_audio_s", 2 * self.max_seconds)
+        if self.max_queued_audio_s is None:
+            object.__setattr__(self, "max_queued_audio_s", max(6 * self.max_seconds, self.max_client_audio_s))
+        if not self.max_seconds <= self.max_client_audio_s <= self.max_queued_audio_s:
+            raise ValueError(f"max_client_audio_s={self.max_client_audio_s:g} must be at least max_seconds="
+                             f"{self.max_seconds:g} (one clip) and at most max_queued_audio_s={self.max_queued_audio_s:g}")
         InferenceOptions(min_window_s=self.min_window_s)  # the same range check
         _check_host(self.host)
 
@@ -450,6 +483,195 @@ async def _plain(send, status: int, text: str) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+# Fair scheduling of transcription: requests share the decoder chunk by chunk.
+
+
+class Refused(Exception):
+    """A request the scheduler turns away; its message is the one line the client reads."""
+
+
+@dataclass(eq=False)
+class _Job:
+    client: str
+    seconds: float  # the request's audio: what it holds of its client's and the server's allowance
+    seq: int  # arrival order
+    future: Future
+    chunks: list = field(default_factory=list)  # speech chunks; [audio] for a backend without chunks()
+    texts: list[str] = field(default_factory=list)  # one per chunk decoded so far
+    done_s: float = 0.0  # audio decoded so far: the scheduling key
+    running: bool = False
+    released: bool = False  # its audio no longer counts against the allowances
+
+
+class FairScheduler:
+    """Transcription requests share the decoder chunk by chunk, least-served first.
+
+    `submit` splits a request's audio into its speech chunks (the backend's ``chunks``: VAD, at most
+    30 s each) and queues it; `workers` threads then decode one chunk at a time (``decode``), always
+    from the queued request with the least audio decoded so far, the shorter request on a tie, the
+    earlier on a second tie. A new request has had nothing decoded, so it goes next once a chunk in
+    progress ends: a clip of one chunk waits for at most one chunk of other audio per worker, never
+    for a long upload to finish, and long uploads take turns. Each request's chunks are decoded in
+    order, one at a time. A backend without ``chunks`` and ``decode`` (the `Transcriber` protocol
+    alone) is one step per request, its ``transcribe``.
+
+    A client may hold `client_audio_s` seconds of audio (waiting or being decoded) and all clients
+    together `total_audio_s`; `submit` refuses a request over either with `Refused`. A request's
+    audio counts until its future is done, cancelled included: a cancelled request is dropped at
+    the next pick.
+    """
+
+    def __init__(self, transcriber: Transcriber, workers: int = 1, client_audio_s: float = math.inf,
+                 total_audio_s: float = math.inf):
+        self.transcriber, self.workers = transcriber, workers
+        self.client_audio_s, self.total_audio_s = client_audio_s, total_audio_s
+        self.chunked = callable(getattr(transcriber, "chunks", None)) and callable(getattr(transcriber, "decode", None))
+        self._cond = threading.Condition()
+        self._jobs: list[_Job] = []
+        self._held: dict[str, float] = {}
+        self._total = 0.0
+        self._seq = itertools.count()
+        self._threads: list[threading.Thread] = []
+        self._closed = False
+
+    def held(self, client: str) -> float:
+        """Seconds of audio `client` has waiting or being decoded."""
+        with self._cond:
+            return self._held.get(client, 0.0)
+
+    def check_room(self, client: str, seconds: float = 0.0) -> None:
+        """Refuse (`Refused`) a request of `seconds` from `client` that is over an allowance now."""
+        with self._cond:
+            self._check_room(client, seconds)
+
+    def _check_room(self, client: str, seconds: float) -> None:
+        if self._closed:
+            raise Refused("The server is shutting down: try again in a minute.")
+        held = self._held.get(client, 0.0)
+        if held + seconds > self.client_audio_s or held >= self.client_audio_s:
+            clip = f" + {seconds:.0f} s in this clip" if seconds else ""
+            raise Refused(f"Too much of your audio is waiting: {held:.0f} s queued{clip}, and one client may queue "
+                          f"at most {self.client_audio_s:g} s. Wait for your transcripts, then send it again.")
+        if self._total + seconds > self.total_audio_s or self._total >= self.total_audio_s:
+            raise Refused(f"The server has {self._total / 60:.0f} minutes of audio waiting, all it takes: "
+                          "try again in a few minutes.")
+
+    def submit(self, audio, client: str = "local") -> Future:
+        """Queue `audio` (16 kHz mono float32) from `client`; returns a future for its transcript.
+
+        Blocks while the audio is split into speech chunks (VAD); raises `Refused` when the request is
+        over the client's or the server's allowance, and whatever the backend raises while splitting.
+        """
+        seconds = len(audio) / SAMPLE_RATE
+        with self._cond:
+            self._check_room(client, seconds)
+            job = _Job(client, seconds, next(self._seq), Future())
+            self._held[client] = self._held.get(client, 0.0) + seconds
+            self._total += seconds
+        job.future.add_done_callback(lambda _: self._release(job))
+        try:
+            chunks = list(self.transcriber.chunks(audio)) if self.chunked else [audio]
+        except BaseException:
+            job.future.cancel()
+            raise
+        if not chunks:
+            self._release(job)
+            _settle(job.future, NO_SPEECH)
+            return job.future
+        with self._cond:
+            job.chunks = chunks
+            self._jobs.append(job)
+            self._start_workers()
+            self._cond.notify()
+        return job.future
+
+    def transcribe(self, audio, client: str = "local") -> str:
+        """`submit` and wait for the transcript."""
+        return self.submit(audio, client).result()
+
+    def close(self) -> None:
+        """Stop the workers after the chunks in progress; requests still queued get `Refused`."""
+        with self._cond:
+            self._closed = True
+            dropped, self._jobs = self._jobs, []
+            self._cond.notify_all()
+        for job in dropped:
+            self._release(job)
+            _settle(job.future, error=Refused("The app stopped before this clip was transcribed: try again."))
+
+    def _release(self, job: _Job) -> None:
+        """Stop counting `job`'s audio (once): before its future is settled, or when it is cancelled."""
+        with self._cond:
+            if job.released:
+                return
+            job.released = True
+            left = self._held.get(job.client, 0.0) - job.seconds
+            if left > 1e-6:
+                self._held[job.client] = left
+            else:
+                self._held.pop(job.client, None)
+            self._total = max(0.0, self._total - job.seconds)
+
+    def _start_workers(self) -> None:
+        while len(self._threads) < self.workers:
+            thread = threading.Thread(target=self._work, name=f"whisper-sv-asr-{len(self._threads)}", daemon=True)
+            self._threads.append(thread)
+            thread.start()
+
+    def _pick(self) -> _Job | None:
+        self._jobs = [j for j in self._jobs if not j.future.done() or j.running]  # drop cancelled requests
+        ready = [j for j in self._jobs if not j.running and not j.future.done()]
+        return min(ready, key=lambda j: (j.done_s, j.seconds, j.seq), default=None)
+
+    def _work(self) -> None:
+        while True:
+            with self._cond:
+                while (job := self._pick()) is None and not self._closed:
+                    self._cond.wait()
+                if job is None:
+                    return
+                job.running = True
+                chunk = job.chunks[len(job.texts)]
+            error, text = None, ""
+            try:
+                if self.chunked:
+                    (text,) = self.transcriber.decode([chunk])
+                else:
+                    text = self.transcriber.transcribe(chunk)
+            except Exception as err:
+                error = err
+            result = None
+            with self._cond:
+                job.running = False
+                job.texts.append(text)
+                job.done_s += len(chunk) / SAMPLE_RATE
+                finished = error is not None or len(job.texts) == len(job.chunks)
+                if finished and job in self._jobs:  # not when `close` dropped it meanwhile
+                    self._jobs.remove(job)
+                    result = join_texts(job.texts) if self.chunked else text
+                self._cond.notify()
+            if finished:
+                self._release(job)  # first, so the allowance is free when the client has its transcript
+                _settle(job.future, result, error)
+
+
+def _settle(future: Future, result=None, error: BaseException | None = None) -> None:
+    """Give `future` its result or error, unless it was cancelled meanwhile."""
+    try:
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
+    except InvalidStateError:
+        pass
+
+
+def client_of(request) -> str:
+    """Whom a Gradio request counts against: the client's IP address as the server sees it."""
+    client = getattr(request, "client", None)
+    return str(getattr(client, "host", None) or "unknown")
+
+
 # Each endpoint's function, its name on the API, and what to say when Gradio's components cannot
 # read a request's values (the precise message comes from `check_inputs` where it can).
 _ENDPOINTS = {"transcribe": "/transcribe", "continue_text": "/continue"}
@@ -500,6 +722,7 @@ def _blocks_class():
 
     class AppBlocks(gr.Blocks):
         upload_folder: UploadFolder | None = None
+        scheduler: FairScheduler | None = None
 
         async def preprocess_data(self, block_fn, inputs, *args, **kwargs):
             name = getattr(block_fn, "name", None)
@@ -521,6 +744,8 @@ def _blocks_class():
             try:
                 super().close(verbose)
             finally:
+                if self.scheduler is not None:
+                    self.scheduler.close()
                 folder, self.upload_folder = self.upload_folder, None
                 if folder is not None:
                     release_upload_folder(folder.path)
@@ -557,25 +782,45 @@ def _build_blocks(gr, cfg: AppConfig, transcriber: Transcriber, continuer: Conti
     def refuse(message: str) -> gr.Error:
         return gr.Error(message, print_exception=False)  # the reason is logged in one line instead
 
-    def transcribe(audio_path: str | None) -> str:
+    scheduler = FairScheduler(transcriber, workers=cfg.concurrency, client_audio_s=cfg.max_client_audio_s,
+                              total_audio_s=cfg.max_queued_audio_s)
+    loads = threading.BoundedSemaphore(LOADS_AT_ONCE)
+
+    def load(audio_path: str):
+        with loads:
+            return load_audio(audio_path, max_seconds=cfg.max_seconds)
+
+    async def transcribe(audio_path: str | None, request) -> str:
         """Transcribe one Swedish audio file (WAV, FLAC, MP3, OGG/Opus, M4A, WebM, ...) to text."""
+        import anyio
+
         if not audio_path:
             log.info("refused upload: no audio")
             raise refuse("No audio: record with the microphone or upload a file.")
         if os.path.isfile(audio_path) and os.path.getsize(audio_path) == 0:
             log.info("refused upload: %s: 0 bytes", Path(audio_path).name)
             raise refuse("The file is empty (0 bytes): record or upload a clip with sound in it.")
+        client = client_of(request)
         try:
-            audio = load_audio(audio_path, max_seconds=cfg.max_seconds)
+            scheduler.check_room(client)  # before decoding the upload
+            samples = await anyio.to_thread.run_sync(load, audio_path)
+            future = await anyio.to_thread.run_sync(scheduler.submit, samples, client)
+            del samples  # the request's chunks keep what they need
+            return await asyncio.wrap_future(future)  # cancelled with the request: dropped from the schedule
         except AudioError as err:
             log.info("refused upload (%s): %s", err.reason, err)
             # Not deleted here: identical uploads share one path, and another request may hold it.
             raise refuse(audio_error_message(err, cfg.max_seconds)) from None
-        try:
-            return transcriber.transcribe(audio)
+        except Refused as err:
+            log.info("refused upload from %s: %s", client, err)
+            raise refuse(str(err)) from None
         except Exception as err:  # a bug or a broken model: a message, not `error: null`
             log.error("transcription failed: %s: %s", type(err).__name__, err)
             raise refuse("Transcription failed on the server: try again, or another clip.") from None
+
+    # Gradio passes the request to a parameter annotated gr.Request; `gr` is not a module global
+    # here, so the annotation is the class itself.
+    transcribe.__annotations__["request"] = gr.Request
 
     def continue_text(text: str, length: float = 40, temperature: float = 0.8) -> str:
         """Continue Swedish text with the configured causal language model."""
@@ -615,13 +860,17 @@ def _build_blocks(gr, cfg: AppConfig, transcriber: Transcriber, continuer: Conti
         continue_btn = gr.Button("Continue the text")
         continuation = gr.Textbox(label="Continuation", lines=4, elem_id="continuation")
 
+        # Up to MAX_ADMITTED requests wait inside the scheduler, which shares the decoder fairly.
+        admitted = min(cfg.queue_size, MAX_ADMITTED)
         transcribe_btn.click(transcribe, audio, transcript, api_name="transcribe", concurrency_id="asr",
-                             concurrency_limit=cfg.concurrency)
-        audio.stop_recording(transcribe, audio, transcript, api_visibility="private", concurrency_id="asr")
+                             concurrency_limit=admitted)
+        audio.stop_recording(transcribe, audio, transcript, api_visibility="private", concurrency_id="asr",
+                             concurrency_limit=admitted)
         continue_btn.click(continue_text, [transcript, length, temperature], continuation,
                            api_name="continue", concurrency_id="lm", concurrency_limit=cfg.concurrency
                            ).then(lambda: continuer.status, None, lm_status, api_visibility="private", queue=False)
     demo.queue(max_size=cfg.queue_size, default_concurrency_limit=cfg.concurrency)
+    demo.scheduler = scheduler  # `demo.close()` stops its workers
     return demo
 
 

@@ -106,7 +106,13 @@ class InferenceOptions:
 
 
 class Transcriber(Protocol):
-    """What the app, the CLI and the benchmark need from a backend."""
+    """What the app, the CLI and the benchmark need from a backend.
+
+    Both backends also split and decode separately: ``chunks(audio)`` (the speech chunks, at most
+    30 s each) and ``decode(chunks)`` (one text per chunk, "" for a chunk without speech), with
+    ``transcribe(audio) == join_texts(decode(chunks(audio)))``. The app's scheduler uses them to
+    interleave requests chunk by chunk (`whisper_sv.app.FairScheduler`).
+    """
 
     name: str  # e.g. "faster-whisper int8 (…/ct2)"
 
@@ -161,7 +167,8 @@ def speech_chunks(audio: np.ndarray, options: InferenceOptions = InferenceOption
     return [c[i : i + limit] for c in chunks for i in range(0, len(c), limit)]  # never over a window
 
 
-def _join(texts: Sequence[str]) -> str:
+def join_texts(texts: Sequence[str]) -> str:
+    """The transcript of a request from its chunks' texts; `NO_SPEECH` when none holds any."""
     text = " ".join(t.strip() for t in texts if t and t.strip())
     return text or NO_SPEECH
 
@@ -220,11 +227,15 @@ class FasterWhisperBackend:
         self.prompt = [*self.tokenizer.sot_sequence, self.tokenizer.no_timestamps]
 
     def transcribe(self, audio: np.ndarray) -> str:
-        chunks = speech_chunks(audio, self.options)
+        chunks = self.chunks(audio)
         texts = []
         for start in range(0, len(chunks), self.batch_size):
             texts += self.decode(chunks[start : start + self.batch_size])
-        return _join(texts)
+        return join_texts(texts)
+
+    def chunks(self, audio: np.ndarray) -> list[np.ndarray]:
+        """The speech in `audio` as chunks of at most 30 s (`speech_chunks`); [] for silence."""
+        return speech_chunks(audio, self.options)
 
     def decode(self, chunks: Sequence[np.ndarray]) -> list[str]:
         """One text per chunk (each <= 30 s); "" where Whisper says the chunk holds no speech."""
@@ -295,12 +306,18 @@ class TransformersBackend:
         self._lock = threading.Lock()  # generate() on one model is not safe from two threads
 
     def transcribe(self, audio: np.ndarray) -> str:
-        chunks = speech_chunks(audio, self.options)
-        if not chunks:
-            return NO_SPEECH
+        chunks = self.chunks(audio)
+        return join_texts(self.decode(chunks)) if chunks else NO_SPEECH
+
+    def chunks(self, audio: np.ndarray) -> list[np.ndarray]:
+        """The speech in `audio` as chunks of at most 30 s (`speech_chunks`); [] for silence."""
+        return speech_chunks(audio, self.options)
+
+    def decode(self, chunks: Sequence[np.ndarray]) -> list[str]:
+        """One text per chunk (each <= 30 s), repetition loops cut."""
         with self._lock:  # every chunk is <= 30 s, so transcribe_arrays batches them
-            texts = transcribe_arrays(self.model, self.processor, chunks, DecodeOptions(beam_size=self.options.beam_size))
-        return _join([cut_repetitions(t, self.options.max_compression_ratio) for t in texts])
+            texts = transcribe_arrays(self.model, self.processor, list(chunks), DecodeOptions(beam_size=self.options.beam_size))
+        return [cut_repetitions(t, self.options.max_compression_ratio) for t in texts]
 
 
 # ---------------------------------------------------------------------------------------------
