@@ -10,7 +10,7 @@ from whisper_sv.cli import build_parser, main
 
 # One subcommand per pipeline stage and notebook, in the README's order. A stage added to or
 # dropped from cli.STAGES must be added or dropped here too.
-SUBCOMMANDS = ("synth", "features", "train", "evaluate", "export", "search", "transcribe", "app")
+SUBCOMMANDS = ("synth", "features", "train", "evaluate", "export", "report-card", "search", "transcribe", "app")
 
 
 def _subcommands(parser: argparse.ArgumentParser) -> list[str]:
