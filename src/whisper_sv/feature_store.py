@@ -6,7 +6,11 @@ Layout::
     OUT/manifest.jsonl                one line per committed shard: the truth about what is done
                                       (manifest-{i}-of-{n}.jsonl when n machines share a source,
                                       and manifest-{i}-of-{n}.done.json once run i has finished;
-                                      `shard_merge` turns the n runs into one manifest.jsonl)
+                                      `shard_merge` turns the n runs into one manifest.jsonl).
+                                      Appended to, one fsynced line per shard; a resumed run first
+                                      checks each committed shard's files against the line's sha256s
+                                      and redoes a shard whose file is missing or changed
+                                      (`check_committed`, `restore_shard_order`)
     OUT/{split}-{k:05d}.parquet       one `shard_format.ShardRow` per kept clip: clip_id, sentence,
                                       duration (s, float32), input_features (float16, n_mels x
                                       n_frames: only the frames that hold audio), n_frames (int32),
@@ -36,7 +40,7 @@ from typing import Any, Iterator
 
 from .errors import UserError
 from .feature_config import FeatureConfig
-from .fileio import write_atomic
+from .fileio import sha256_file, write_atomic
 from .shard_format import ShardRow, with_current_columns
 
 log = logging.getLogger(__name__)
@@ -122,6 +126,78 @@ def read_manifest(path: Path, repair: bool = False) -> list[dict[str, Any]]:
             f.truncate(len(good))
             os.fsync(f.fileno())
     return [json.loads(line) for line in good.decode().splitlines() if line.strip()]
+
+
+def _manifest_entries(path: Path) -> list[tuple[bytes, dict[str, Any]]]:
+    """The manifest's complete lines as (their bytes, with the newline; the parsed line)."""
+    if not path.is_file():
+        return []
+    data = path.read_bytes()
+    good = data[: data.rfind(b"\n") + 1]
+    return [(line, json.loads(line)) for line in good.splitlines(keepends=True) if line.strip()]
+
+
+def damaged_files(folder: Path, line: dict[str, Any]) -> list[str]:
+    """What is wrong with the files of committed shard `line` in `folder`: ``"NAME missing"`` or
+    ``"NAME changed"`` for its shard file, and for its rejects file where the line records that
+    file's sha256 (older manifests do not); empty when both match the hashes the line records."""
+    checks = [(line["shard"], line["sha256"])]
+    if line.get("rejects_file") and line.get("rejects_sha256"):
+        checks.append((line["rejects_file"], line["rejects_sha256"]))
+    wrong = []
+    for name, sha256 in checks:
+        path = folder / name
+        if not path.is_file():
+            wrong.append(f"{name} missing")
+        elif sha256_file(path) != sha256:
+            wrong.append(f"{name} changed")
+    return wrong
+
+
+def check_committed(folder: Path, manifest: Path, progress: bool = False) -> tuple[list[dict[str, Any]], dict[int, list[str]]]:
+    """Check every shard committed in `manifest` against the sha256s its line records, before a
+    resumed run skips it; returns (the lines of the shards that match, ``{index: what is wrong}``
+    for the others).
+
+    Only the manifest's writer calls this (it holds the manifest's lock): a torn last line is cut
+    off (`read_manifest` with ``repair``), and when a shard's file is missing or differs (bytes
+    changed, truncated, deleted after it was committed), the manifest is rewritten atomically
+    (`write_atomic`: the old file or the new one, never a mix) without that shard's line(s), every
+    other line byte for byte. The shard then counts as never committed: the run redoes it and
+    appends its line again, and a run killed before that redoes it on its next resume. The redone
+    line lands after later shards' lines; `restore_shard_order` puts it back once the run ends.
+    Hashing reads every committed file once: about 0.1 s for the 105 MB of 3,000 synthetic clips
+    from the page cache, a disk read of the store when it is not cached; with `progress` a bar
+    shows it.
+    """
+    read_manifest(manifest, repair=True)
+    entries = _manifest_entries(manifest)
+    if not entries:
+        return [], {}
+    from tqdm.auto import tqdm  # only a resumed run gets here
+
+    wrong: dict[int, list[str]] = {}
+    with tqdm(total=len(entries), desc="check committed shards", unit="shard", disable=not progress, leave=False) as bar:
+        for _, line in entries:
+            if found := damaged_files(folder, line):
+                wrong.setdefault(line["index"], []).extend(found)
+            bar.update(1)
+    if wrong:
+        write_atomic(manifest, b"".join(raw for raw, line in entries if line["index"] not in wrong))
+    return [line for _, line in entries if line["index"] not in wrong], wrong
+
+
+def restore_shard_order(manifest: Path) -> bool:
+    """Rewrite `manifest` atomically with its lines in shard order (a stable sort, each line's bytes
+    kept) if a redone shard's line was appended after later ones, so the store's manifest is the
+    one a run that never needed a redo writes; True if it was rewritten. Only the manifest's
+    writer calls this, after closing the file it appends to."""
+    entries = _manifest_entries(manifest)
+    order = [line["index"] for _, line in entries]
+    if order == sorted(order):
+        return False
+    write_atomic(manifest, b"".join(raw for raw, _ in sorted(entries, key=lambda e: e[1]["index"])))
+    return True
 
 
 def write_rejects_table(out: Path) -> None:

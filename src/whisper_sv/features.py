@@ -46,8 +46,10 @@ from .feature_store import (
     CLAIM_LOCK_NAME,
     CONFIG_NAME,
     StoreLock,
+    check_committed,
     manifest_name,
     read_manifest,
+    restore_shard_order,
     take_writer_lock,
     write_rejects_table,
 )
@@ -94,8 +96,9 @@ def build_features(
     `source` and `split` override the config's. With ``num_shards=n`` this process owns the shards
     k with ``k % n == shard_index`` and writes ``manifest-{i}-of-{n}.jsonl`` (and, once finished,
     its completion record), so n machines fill one folder, or n folders that `merge_shards` turns
-    into one plain store. Shards already in the manifest are skipped; a config different from the
-    one saved in `out` raises `ConfigMismatch`.
+    into one plain store. Shards already in the manifest are skipped once their files are checked
+    against its sha256s (one whose file is missing or changed is redone, `check_committed`); a
+    config different from the one saved in `out` raises `ConfigMismatch`.
     """
     config = config or FeatureConfig()
     config = dataclasses.replace(config, source=source or config.source, split=split or config.split)
@@ -120,7 +123,13 @@ def build_features(
         if num_shards > 1:  # finished again only once this run ends
             done_record_path(out, shard_index, num_shards).unlink(missing_ok=True)
         manifest = out / manifest_name(shard_index, num_shards)
-        done = {row["index"] for row in read_manifest(manifest, repair=True)}
+        # A committed shard is skipped only if its files still hash as its line says; one missing
+        # or changed since is dropped from the manifest and redone.
+        committed, damaged = check_committed(out, manifest, progress=progress)
+        if damaged:
+            log.warning("%s: redoing %d committed shard(s) whose files are missing or changed: %s", out, len(damaged),
+                        "; ".join(f"shard {k} ({', '.join(what)})" for k, what in sorted(damaged.items())))
+        done = {row["index"] for row in committed}
         workers = max(1, workers or os.cpu_count() or 1)
         # 3. The shards this run owns and has not committed, labelled, through the pool.
         seen = collections.Counter()  # the source's shards and clips, for the completion record
@@ -128,7 +137,7 @@ def build_features(
         owned = ((k, exs) for k, exs in shards if k % num_shards == shard_index and k not in done)
         todo = _with_labels(owned, tokenizer, plan)
         started, written, rejected, n_shards = time.perf_counter(), 0, collections.Counter(), 0
-        bar = _progress(total, progress, skipped=sum(r["clips"] for r in read_manifest(manifest)))
+        bar = _progress(total, progress, skipped=sum(r["clips"] for r in committed))
         with manifest.open("a", encoding="utf-8") as log_file:
             for line in _run_shards(todo, out, config, workers):
                 log_file.write(json.dumps(line, sort_keys=True) + "\n")
@@ -139,6 +148,7 @@ def build_features(
                 n_shards += 1
                 bar.update(line["clips"])
         bar.close()
+        restore_shard_order(manifest)  # a redone shard's line back in its place, as a fresh run writes it
         remove_dead_temp_files(out)
         write_rejects_table(out)
         if num_shards > 1:
@@ -150,6 +160,7 @@ def build_features(
         "out": str(out),
         "shards_written": n_shards,
         "shards_skipped": len(done),
+        "shards_redone": len(damaged),
         "clips_written": written,
         "rejected": dict(sorted(rejected.items())),
         "seconds": round(seconds, 2),

@@ -22,6 +22,9 @@ import os
 import random
 import re
 import shutil
+import signal
+import sys
+import threading
 from dataclasses import asdict, dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
@@ -303,6 +306,25 @@ def _render(args: tuple[ClipJob, Path]) -> tuple[ClipJob, int]:
     return job, render_clip(job, clips_dir)
 
 
+def _pool(workers: int):
+    """The rendering pool, its workers deaf to SIGINT: Ctrl-C reaches the whole foreground process
+    group, and only the parent should answer it (it stops the pool), not each worker with a
+    traceback of its own. The workers are started with SIGINT ignored, which a new Python keeps
+    and which espeak-ng, started by them, inherits; `_ignore_sigint` covers a worker the pool
+    starts later. A Ctrl-C in the moment the pool starts is not seen."""
+    in_main = threading.current_thread() is threading.main_thread()  # only the main thread may set a handler
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if in_main else None
+    try:
+        return get_context("spawn" if workers > 1 else "fork").Pool(workers, initializer=_ignore_sigint)
+    finally:
+        if in_main:
+            signal.signal(signal.SIGINT, signal.SIG_DFL if previous is None else previous)
+
+
+def _ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def synthesize(out: str | Path, cfg: SynthConfig = SynthConfig(), workers: int | None = None) -> Path:
     """Build the corpus in `out` as a Common Voice release folder; returns `out`.
 
@@ -327,10 +349,16 @@ def synthesize(out: str | Path, cfg: SynthConfig = SynthConfig(), workers: int |
 
     durations: dict[int, int] = {}
     workers = workers or os.cpu_count() or 1
-    with get_context("spawn" if workers > 1 else "fork").Pool(workers) as pool:
-        it = pool.imap_unordered(_render, [(j, clips_dir) for j in jobs], chunksize=16)
-        for job, ms in tqdm(it, total=len(jobs), desc="synth", unit="clip"):
-            durations[job.index] = ms
+    try:
+        with _pool(workers) as pool:
+            it = pool.imap_unordered(_render, [(j, clips_dir) for j in jobs], chunksize=16)
+            for job, ms in tqdm(it, total=len(jobs), desc="synth", unit="clip"):
+                durations[job.index] = ms
+    except KeyboardInterrupt:
+        # Leaving the block terminated the workers (and waited for them): a clip they were writing
+        # is a temporary file, never under its final name. Remove those, keep the finished clips.
+        remove_dead_temp_files(clips_dir)
+        raise
 
     rows = {name: [] for name in cfg.splits}
     for job in jobs:
@@ -409,4 +437,14 @@ def add_cli(sub) -> None:
     p.add_argument("--out", required=True, help="folder to write (clips/ + train/dev/test/validated.tsv)")
     p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
     add_options(p, SynthConfig, title="corpus (saved as synth.json; a re-run must ask for the same)")
-    p.set_defaults(func=lambda a: print(synthesize(a.out, build(SynthConfig, options_from(a, SynthConfig)), a.workers)))
+    p.set_defaults(func=_cli)
+
+
+def _cli(args) -> int:
+    try:
+        print(synthesize(args.out, build(SynthConfig, options_from(args, SynthConfig)), args.workers))
+    except KeyboardInterrupt:
+        print(f"whisper-sv synth: interrupted; run the same command again to finish {args.out}: "
+              "the clips already made are kept", file=sys.stderr)
+        return 130
+    return 0
