@@ -84,7 +84,7 @@ def test_the_demo_trains_with_the_recipe_and_shows_the_report_card(tmp_path):
     card_figure = tmp_path / "card.png"
     recipe = {"stitched_share": 0.3, "nonspeech_share": 0.1, "replay_share": 0.2}
     args = [sys.executable, "-m", "whisper_sv.demo", "--corpus", str(tmp_path / "corpus"), "--features", str(tmp_path / "features"),
-            "--clips", "220", "--voices", "espeak", "--holdout-speaker", "", "--realism", "false",
+            "--clips", "320", "--voices", "espeak", "--holdout-speaker", "", "--realism", "false",
             "--preset", str(_tiny_preset(tmp_path, str(model))), "--eval-clips", "8", "--figure", "null",
             "--english-corpus", str(tmp_path / "en"), "--english-clips", "40", "--card-longform", "1",
             "--card-figure", str(card_figure), "--recipe", json.dumps(recipe)]
