@@ -197,6 +197,7 @@ class ModelUnderTest:
                 write_atomic(stamp, self.weights)
         self.ct2_dir = Path(ct2)
         self._whisper = self._hf = None
+        self._backends: dict[tuple[str, float], Any] = {}
 
     def fingerprint(self) -> str:
         """Changes when the weights change: the export's model.bin and the Transformers weights (size, mtime)."""
@@ -204,10 +205,13 @@ class ModelUnderTest:
         return f"{self.ct2_dir.resolve()}:{st.st_size}:{st.st_mtime_ns}|{self.weights}"
 
     def backend(self, language: str, window_s: float):
-        from .inference import FasterWhisperBackend, InferenceOptions
+        """The app's backend on the export (loaded once; the target and long-form sections share it)."""
+        if (language, window_s) not in self._backends:
+            from .inference import FasterWhisperBackend, InferenceOptions
 
-        return FasterWhisperBackend(self.ct2_dir, options=InferenceOptions(min_window_s=window_s),
-                                    label=self.spec, language=language)
+            self._backends[language, window_s] = FasterWhisperBackend(
+                self.ct2_dir, options=InferenceOptions(min_window_s=window_s), label=self.spec, language=language)
+        return self._backends[language, window_s]
 
     def whisper(self):
         """faster-whisper's `WhisperModel` on the export, as a user loads it (int8 on a CPU)."""
