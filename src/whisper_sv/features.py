@@ -317,9 +317,9 @@ def _recipe_rows(index: int, n_plain: int, kept: list[tuple], extras: ShardExtra
             rejects.append({"id": clip_id, "reason": "undecodable", "detail": f"{type(err).__name__}: {err}"})
             continue
         rows.append(ExtraRow(clip_id, ex.sentence, audio, list(ids), ex.speaker))
-    too_long = [r for r in rows if len(r.labels) > config.max_label_tokens]
-    rejects += [{"id": r.clip_id, "reason": "labels_too_long", "detail": f"{len(r.labels)} label tokens"} for r in too_long]
-    return [r for r in rows if r not in too_long], rejects
+    rejects += [{"id": r.clip_id, "reason": "labels_too_long", "detail": f"{len(r.labels)} label tokens"}
+                for r in rows if len(r.labels) > config.max_label_tokens]
+    return [r for r in rows if len(r.labels) <= config.max_label_tokens], rejects
 
 
 # ---------------------------------------------------------------------------------------------
