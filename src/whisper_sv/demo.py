@@ -43,7 +43,7 @@ from .feature_config import FeatureConfig
 from .features import build_features
 from .fileio import write_atomic, write_json
 from .options import add_options, build, options_from
-from .report_card import ReportCardConfig, print_card, report_card, score_one, target_report, write_card_section
+from .report_card import ReportCardConfig, print_card, report_card, saved_figures, score_one, target_report, write_card_section
 from .synth import SynthConfig, synthesize
 from .train import train
 from .voices import INSTALL_MBROLA
@@ -140,7 +140,7 @@ def run_demo(cfg: DemoConfig = DemoConfig()) -> dict:
     if cfg.report_card:
         stage("after", f"report card of the fine-tune on the same inputs -> {run_dir / 'report_card'}")
         card = report_card(card_cfg)
-        after = target_report(score_one(str(final), card_cfg))  # reused from the card, not scored again
+        after = target_report(saved_figures(str(final), card_cfg))  # the card's own figures, not scored again
         write_card_section(final, card)
         if cfg.card_figure:
             Path(cfg.card_figure).parent.mkdir(parents=True, exist_ok=True)

@@ -35,12 +35,13 @@ import argparse
 import csv
 import hashlib
 import io
+import itertools
 import json
 import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -109,16 +110,17 @@ TARGETS = {
 # Inputs
 
 
-def _clips(spec: str, split: str, n: int) -> list[tuple[str, np.ndarray, str, str]]:
+def _stream(spec: str, split: str) -> Iterator[tuple[str, np.ndarray, str, str]]:
+    """``(id, audio, sentence, speaker)`` of the split's usable clips, decoded as they are read."""
     from .sources import iter_clips
 
-    out = []
     for clip in iter_clips(spec, split, max_seconds=CHUNK_LENGTH):
         if clip.error is None and clip.sentence.strip():
-            out.append((clip.id, clip.audio, clip.sentence, clip.speaker))
-            if len(out) == n:
-                break
-    return out
+            yield clip.id, clip.audio, clip.sentence, clip.speaker
+
+
+def _clips(spec: str, split: str, n: int) -> list[tuple[str, np.ndarray, str, str]]:
+    return list(itertools.islice(_stream(spec, split), n))
 
 
 def _source(spec: str) -> str:
@@ -407,9 +409,11 @@ def build_inputs(cfg: ReportCardConfig) -> dict:
     if not has_corpus(data, cfg.split):
         raise UserError(f"{cfg.data}: no {cfg.split}.tsv with clips/ there; make the corpus with "
                         "`whisper-sv synth --out DIR` or pass --data cv:PATH")
-    clips = _clips(data, cfg.split, cfg.clips)
-    every = _clips(data, cfg.split, 10**9)
-    recordings = long_recordings(every, cfg.longform, cfg.longform_s, cfg.seed)
+    stream = _stream(data, cfg.split)
+    clips = list(itertools.islice(stream, cfg.clips))
+    # The recordings start from the same first clips; each clip is decoded once, and only as many
+    # as the recordings need.
+    recordings = long_recordings(itertools.chain(clips, stream), cfg.longform, cfg.longform_s, cfg.seed)
     if not recordings:
         raise UserError(f"{cfg.data}:{cfg.split} holds under {cfg.longform_s:g} s of speech: too little for one "
                         "long-form recording; make a bigger corpus or lower --longform-s")
@@ -482,6 +486,11 @@ def score_one(spec: str, cfg: ReportCardConfig) -> dict:
     """One model's figures on the card's inputs (from ``out/<model>.json`` when already scored)."""
     Path(cfg.out).mkdir(parents=True, exist_ok=True)
     return score_model(spec, cfg, build_inputs(cfg))
+
+
+def saved_figures(spec: str, cfg: ReportCardConfig) -> dict:
+    """The figures `score_model` wrote for `spec` in the card's folder (after `report_card` or `score_one`)."""
+    return json.loads((Path(cfg.out) / f"{_slug(spec)}.json").read_text(encoding="utf-8"))
 
 
 def target_report(figures: dict) -> dict:
