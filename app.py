@@ -19,8 +19,8 @@ try:
 except ModuleNotFoundError:  # a Space that only copied the repository: use the source tree
     sys.path.insert(0, str(Path(__file__).resolve().parent / "src"))
 
-from whisper_sv.app import AppConfig, build_demo, launch
-from whisper_sv.options import build, env_options
+from whisper_sv.common.options import build, env_options
+from whisper_sv.serving.app import AppConfig, build_demo, launch
 
 cfg = build(AppConfig, env_options(
     AppConfig, "WHISPER_SV_", os.environ,

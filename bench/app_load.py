@@ -328,8 +328,8 @@ def main(argv: list[str] | None = None) -> dict:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from inference import cpu_model, speech_of_length
 
-    from whisper_sv.app import AppConfig, build_demo, launch
-    from whisper_sv.inference import pick_backend
+    from whisper_sv.serving.app import AppConfig, build_demo, launch
+    from whisper_sv.serving.inference import pick_backend
 
     clip_dir = OUT / "inference_clips"
     clip_dir.mkdir(parents=True, exist_ok=True)

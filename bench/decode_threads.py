@@ -32,8 +32,8 @@ def small_shaped(folder: Path) -> Path:
 
     from transformers import WhisperConfig, WhisperForConditionalGeneration
 
-    from whisper_sv.export import export_ct2
-    from whisper_sv.packaged import packaged_transformers_dir
+    from whisper_sv.models.packaged import packaged_transformers_dir
+    from whisper_sv.serving.export import export_ct2
 
     ct2 = folder / "small-shaped-ct2"
     if (ct2 / "model.bin").is_file():
@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     import ctranslate2
 
-    from whisper_sv.packaged import packaged_ct2_dir
+    from whisper_sv.models.packaged import packaged_ct2_dir
 
     cores = os.cpu_count() or 1
     models = {"base": packaged_ct2_dir(), "small-shaped": small_shaped(OUT)}

@@ -44,9 +44,9 @@ def main(argv: list[str] | None = None) -> dict:
 
     from faster_whisper import WhisperModel
 
-    from whisper_sv.inference import NO_SPEECH, FasterWhisperBackend, InferenceOptions, ct2_dir_for, default_model_spec
-    from whisper_sv.metrics import wer_report
-    from whisper_sv.sources import iter_clips
+    from whisper_sv.common.metrics import wer_report
+    from whisper_sv.data.sources import iter_clips
+    from whisper_sv.serving.inference import NO_SPEECH, FasterWhisperBackend, InferenceOptions, ct2_dir_for, default_model_spec
 
     spec = args.model or default_model_spec()
     ct2 = ct2_dir_for(spec)

@@ -6,7 +6,7 @@ The standard recipe is the one in the Hugging Face blog "Fine-Tune Whisper For M
 Transformers", as users run it today: ``Dataset.from_dict`` of paths, ``cast_column("audio",
 Audio(sampling_rate=16000))`` (datasets 5 decodes with torchcodec), then ``map(prepare_dataset,
 num_proc=N)`` where ``prepare_dataset`` calls ``WhisperFeatureExtractor`` (80 x 3000 float32) and
-the tokenizer. Ours is ``whisper_sv.features.build_features`` with ``workers=N``.
+the tokenizer. Ours is ``whisper_sv.features.build.build_features`` with ``workers=N``.
 
 Each pipeline run is a fresh child process (imports and pool start-up included) over the first n
 clips of one synthetic corpus of 48 kHz MP3s; throughput is the marginal rate between two sizes,
@@ -76,8 +76,8 @@ def run_child(args: list[str]) -> dict:
 
 
 def run_ours(view: Path, out: Path, workers: int) -> dict:
-    from whisper_sv.feature_config import FeatureConfig
-    from whisper_sv.features import build_features
+    from whisper_sv.data.feature_config import FeatureConfig
+    from whisper_sv.features.build import build_features
 
     shutil.rmtree(out, ignore_errors=True)
     summary = build_features(f"cv:{view}", "bench", out, FeatureConfig(), workers=workers, progress=False)
@@ -88,7 +88,7 @@ def run_theirs(view: Path, out: Path, workers: int) -> dict:
     from datasets import Audio, Dataset
     from transformers import WhisperFeatureExtractor, WhisperTokenizer
 
-    from whisper_sv.models import resolve_model
+    from whisper_sv.models.specs import resolve_model
 
     model = resolve_model("packaged:whisper-base")  # same tokenizer and mel settings as ours
     feature_extractor = WhisperFeatureExtractor.from_pretrained(model)
@@ -150,7 +150,7 @@ def main() -> None:
         print(json.dumps(fn(args.view, args.out, args.workers)))
         return
 
-    from whisper_sv.synth import SynthConfig, synthesize
+    from whisper_sv.synth.corpus import SynthConfig, synthesize
 
     corpus = args.corpus or OUT / f"corpus{args.clips}"
     synthesize(corpus, SynthConfig(clips=args.clips, seed=0))

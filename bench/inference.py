@@ -23,10 +23,10 @@ from pathlib import Path
 
 import numpy as np
 
-from whisper_sv.audio import SAMPLE_RATE, load_audio
-from whisper_sv.metrics import wer_report
-from whisper_sv.synth import ClipJob, read_sentences, render_clip
-from whisper_sv.voices import ESPEAK_VOICES
+from whisper_sv.audio.io import SAMPLE_RATE, load_audio
+from whisper_sv.common.metrics import wer_report
+from whisper_sv.data.voices import ESPEAK_VOICES
+from whisper_sv.synth.corpus import ClipJob, read_sentences, render_clip
 
 OUT = Path(__file__).resolve().parent / "out"
 LENGTHS = (5, 60)  # seconds
@@ -77,8 +77,8 @@ def main(argv: list[str] | None = None) -> dict:
     import torch
     from transformers import pipeline
 
-    from whisper_sv.inference import InferenceOptions, pick_backend
-    from whisper_sv.packaged import packaged_transformers_dir
+    from whisper_sv.models.packaged import packaged_transformers_dir
+    from whisper_sv.serving.inference import InferenceOptions, pick_backend
 
     threads = os.cpu_count() or 1
     torch.set_num_threads(threads)

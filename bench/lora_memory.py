@@ -112,7 +112,7 @@ def count(size: str, r: int = 32, part: str = "both") -> Counts:
     from torch import nn
     from transformers.quantizers.base import get_keys_to_not_convert
 
-    from whisper_sv.lora import LoraSettings, apply_lora
+    from whisper_sv.models.lora import LoraSettings, apply_lora
 
     model = whisper(SIZES[size])
     total = sum(p.numel() for p in model.parameters())
@@ -220,7 +220,7 @@ def saved_bytes(model, batch: int, s_dec: int) -> int:
 
 def check(batch: int = 2, s_dec: int = 64) -> list[dict]:
     """The activation formula (fp32 CPU numbers) against what autograd keeps, whisper-base-shaped."""
-    from whisper_sv.lora import LoraSettings, apply_lora
+    from whisper_sv.models.lora import LoraSettings, apply_lora
 
     rows = []
     for lora, dropout in ((None, False), ("both", False), ("both", True), ("decoder", True)):

@@ -16,7 +16,7 @@ A step-based schedule cannot know how many steps a wall-time budget holds, so ea
 over the recipe's warm-up steps and then decays its learning rate linearly to zero at the end of
 the budget (by the clock); training stops at the first step past it. Each arm runs in its own
 process, so its peak RSS is its own. The trained models are scored on the same test clips
-(`whisper_sv.evaluate`, greedy, Swedish forced). Reported per arm: test WER, trainable
+(`whisper_sv.evaluation.evaluate`, greedy, Swedish forced). Reported per arm: test WER, trainable
 parameters, steps done, seconds per step (median), peak RSS, and what the run ships (adapter
 size; the merged final/ is the same size for every arm). Writes --out (JSON) and prints a
 markdown table.
@@ -92,8 +92,8 @@ def wall_clock_callback(started: float, seconds: float, warmup_steps: int):
 
 def run_arm(arm: str, args) -> None:
     """In the arm's own process: train for the budget, write ARM/bench.json."""
-    from whisper_sv.config import load_config
-    from whisper_sv.train import train
+    from whisper_sv.training.config import load_config
+    from whisper_sv.training.train import train
 
     started = time.time()
     run_dir = args.work / arm
@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> dict:
         if not (Path(store) / "feature_config.json").is_file():
             raise SystemExit(f"{store}: no feature store; run `make demo` first, or give --train-data/--test-data")
 
-    from whisper_sv.evaluate import evaluate
+    from whisper_sv.evaluation.evaluate import evaluate
 
     rows = []
     for arm in arms:

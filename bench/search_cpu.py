@@ -42,12 +42,12 @@ def main() -> None:
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+    from whisper_sv.data.feature_config import FeatureConfig
     from whisper_sv.demo import DemoConfig, demo_corpus_config
-    from whisper_sv.evaluate import evaluate
-    from whisper_sv.feature_config import FeatureConfig
-    from whisper_sv.features import build_features
-    from whisper_sv.search import load_search_config, search
-    from whisper_sv.synth import synthesize
+    from whisper_sv.evaluation.evaluate import evaluate
+    from whisper_sv.features.build import build_features
+    from whisper_sv.search.study import load_search_config, search
+    from whisper_sv.synth.corpus import synthesize
 
     demo = DemoConfig()
     t0 = time.time()

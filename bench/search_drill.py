@@ -43,7 +43,7 @@ def search_cmd(study: Path, corpus: Path, trials: int, extra: list[str]) -> list
 
 def _study_cfg(study: Path):
     """The SearchConfig a study folder was run with (its search.json)."""
-    from whisper_sv.search import SearchConfig
+    from whisper_sv.search.study import SearchConfig
 
     return SearchConfig(**json.loads((study / "search.json").read_text()))
 
@@ -95,8 +95,8 @@ def drill(args, corpus: Path, out: Path) -> dict:
             pass
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-        from whisper_sv.search import open_study
-        from whisper_sv.checkpoints import complete_checkpoints
+        from whisper_sv.search.study import open_study
+        from whisper_sv.training.checkpoints import complete_checkpoints
 
         running = [t for t in open_study(_study_cfg(study)).get_trials()
                    if t.state.name == "RUNNING"]
@@ -145,7 +145,7 @@ def main() -> None:
     ap.add_argument("--out", default="bench/out/drill")
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from whisper_sv.synth import SynthConfig, synthesize
+    from whisper_sv.synth.corpus import SynthConfig, synthesize
 
     out = Path(args.out)
     if out.exists():

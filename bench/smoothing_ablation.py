@@ -2,7 +2,7 @@
 
     python bench/smoothing_ablation.py [--clips 3000] [--train-clips 1400] [--max-steps 400] [--out bench/out/ablation]
 
-A grid study (`whisper_sv.search`, sampler "grid") over the smoothing kinds the pipeline offers
+A grid study (`whisper_sv.search.study`, sampler "grid") over the smoothing kinds the pipeline offers
 (none, gaussian, median, bilateral, each at the settings of the smoothing figure: the `Smoothing`
 defaults), each trained with the cpu-demo recipe at an equal budget (same clips, steps, seed).
 Each trial's final model is then scored on the whole synthetic test split under two protocols:
@@ -86,8 +86,8 @@ def score(model: str, store: str, out: Path, max_clips: int | None = None) -> tu
     """Per-utterance (errors, words, ids) of `model` on a feature store (its first `max_clips`), cached in `out`."""
     import csv
 
-    from whisper_sv.evaluate import evaluate
-    from whisper_sv.metrics import utterance_errors
+    from whisper_sv.common.metrics import utterance_errors
+    from whisper_sv.evaluation.evaluate import evaluate
 
     if not out.with_suffix(".csv").is_file():
         evaluate(model, store, split="test", out=out, max_samples=max_clips)
@@ -137,9 +137,9 @@ def main() -> None:
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-    from whisper_sv.features import build_features
-    from whisper_sv.search import SearchConfig, feature_config, search, store_key
-    from whisper_sv.synth import SynthConfig, synthesize
+    from whisper_sv.features.build import build_features
+    from whisper_sv.search.study import SearchConfig, feature_config, search, store_key
+    from whisper_sv.synth.corpus import SynthConfig, synthesize
 
     started = time.time()
     out = Path(args.out)
@@ -157,7 +157,7 @@ def main() -> None:
     )
     with DiskPeak(out) as disk:
         outcome = search(cfg)
-        from whisper_sv.search import open_study  # the trials' final models, from the study
+        from whisper_sv.search.study import open_study  # the trials' final models, from the study
 
         trials = {t.params["smoothing"]: t for t in open_study(cfg).get_trials() if t.state.name == "COMPLETE"}
         scores: dict[str, dict[str, tuple]] = {p: {} for p in PROTOCOLS}

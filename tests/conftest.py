@@ -31,7 +31,8 @@ def sv_corpus(tmp_path_factory) -> Path:
     """A 60-clip synthetic corpus in the Common Voice layout (train 48 / dev 6 / test 6): espeak-ng's
     voices, clean (`SV_CORPUS`), so the figures tests pin do not depend on MBROLA being installed."""
     from helpers import SV_CORPUS
-    from whisper_sv.synth import SynthConfig, synthesize
+
+    from whisper_sv.synth.corpus import SynthConfig, synthesize
 
     return synthesize(tmp_path_factory.mktemp("sv-synth"), SynthConfig(**SV_CORPUS), workers=2)
 
@@ -39,8 +40,8 @@ def sv_corpus(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def sv_stores(sv_corpus, tmp_path_factory) -> dict[str, Path]:
     """Feature stores of the corpus's train (48 clips) and dev (6 clips) splits, packaged tokenizer."""
-    from whisper_sv.feature_config import FeatureConfig
-    from whisper_sv.features import build_features
+    from whisper_sv.data.feature_config import FeatureConfig
+    from whisper_sv.features.build import build_features
 
     root = tmp_path_factory.mktemp("stores")
     config = FeatureConfig(shard_size=16)

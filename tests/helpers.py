@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from whisper_sv.synth import ClipJob, clip_name, render_clip
-from whisper_sv.voices import VOICES_BY_ID
+from whisper_sv.data.voices import VOICES_BY_ID
+from whisper_sv.synth.corpus import ClipJob, clip_name, render_clip
 
 # A sentence, espeak voice and noise seed (the clip index) that the untuned packaged base
 # transcribes well in every encoder window from 10 to 20 s ("Jonsklar inte ringa dig hela
@@ -32,7 +32,7 @@ def sigkill_after_checkpoint(cmd: list[str], env: dict, checkpoint: Path, timeou
     import subprocess
     import time
 
-    from whisper_sv.checkpoints import COMPLETE_MARKER
+    from whisper_sv.training.checkpoints import COMPLETE_MARKER
 
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + timeout_s
@@ -59,7 +59,7 @@ def stopping_tiny(folder, seed: int, stop_at: int = 10):
     import torch
     from transformers import WhisperForConditionalGeneration
 
-    from whisper_sv.models import random_tiny_dir
+    from whisper_sv.models.specs import random_tiny_dir
 
     shutil.copytree(random_tiny_dir(), folder)
     model = WhisperForConditionalGeneration.from_pretrained(folder)

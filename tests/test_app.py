@@ -20,15 +20,14 @@ import soundfile as sf
 pytest.importorskip("gradio")
 from gradio_client import Client, handle_file  # noqa: E402
 from gradio_client.exceptions import AppError  # noqa: E402
-
-from whisper_sv.app import AppConfig, build_demo, launch  # noqa: E402
-from whisper_sv.audio import SAMPLE_RATE, load_audio  # noqa: E402
-from whisper_sv.continuation import NO_LM, NOTHING_TO_CONTINUE, Continuer, GenerationSettings  # noqa: E402
-from whisper_sv.inference import NO_SPEECH, pick_backend  # noqa: E402
-from whisper_sv.metrics import normalize_sv, wer_report  # noqa: E402
-from whisper_sv.synth import SENTENCES, read_sentences  # noqa: E402
-
 from helpers import SENTENCE, render_test_clip  # noqa: E402
+
+from whisper_sv.audio.io import SAMPLE_RATE, load_audio  # noqa: E402
+from whisper_sv.common.metrics import normalize_sv, wer_report  # noqa: E402
+from whisper_sv.serving.app import AppConfig, build_demo, launch  # noqa: E402
+from whisper_sv.serving.continuation import NO_LM, NOTHING_TO_CONTINUE, Continuer, GenerationSettings  # noqa: E402
+from whisper_sv.serving.inference import NO_SPEECH, pick_backend  # noqa: E402
+from whisper_sv.synth.corpus import SENTENCES, read_sentences  # noqa: E402
 
 MAX_UPLOAD_MB, MAX_SECONDS = 5, 120
 
@@ -193,7 +192,7 @@ def test_path_traversal_is_refused(server):
         "/gradio_api/file=%2e%2e/%2e%2e/%2e%2e/%2e%2e/etc/passwd", "/gradio_api/file=..%2F..%2F..%2Fetc%2Fpasswd",
         "/gradio_api/file=/tmp/gradio/../../etc/passwd", "/file=/etc/passwd", "/file/../../etc/passwd",
         "/static/../../../../etc/passwd", "/assets/..%2f..%2f..%2fetc/passwd", "/gradio_api/file=pyproject.toml",
-        f"/gradio_api/file={Path('pyproject.toml').resolve()}", "/gradio_api/file=src/whisper_sv/app.py",
+        f"/gradio_api/file={Path('pyproject.toml').resolve()}", "/gradio_api/file=src/whisper_sv/serving/app.py",
     ]
     for probe in probes:
         r = httpx.get(server.url + probe)

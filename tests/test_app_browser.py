@@ -22,10 +22,10 @@ CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 if not Path(CHROMIUM).exists():
     pytest.skip("Debian's chromium is not installed: run `make setup` (apt-get install chromium)", allow_module_level=True)
 
-from whisper_sv.app import AppConfig, build_demo, launch  # noqa: E402
-from whisper_sv.metrics import wer_report  # noqa: E402
-
 from helpers import SENTENCE, render_test_clip  # noqa: E402
+
+from whisper_sv.common.metrics import wer_report  # noqa: E402
+from whisper_sv.serving.app import AppConfig, build_demo, launch  # noqa: E402
 
 # Offline and quiet: no first-run UI, no network services, no QUIC; sandbox off for containers/root.
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -34,7 +34,7 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
 
 @pytest.mark.slow
 def test_browser_uploads_a_clip_and_reads_the_transcript(tmp_path, figures_dir):
-    from whisper_sv.inference import pick_backend
+    from whisper_sv.serving.inference import pick_backend
 
     clip = render_test_clip(tmp_path)
     screenshot = (figures_dir or tmp_path) / "app.png"

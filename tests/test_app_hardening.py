@@ -26,15 +26,14 @@ import soundfile as sf
 pytest.importorskip("gradio")
 from gradio_client import Client, handle_file  # noqa: E402
 from gradio_client.exceptions import AppError  # noqa: E402
-
-from whisper_sv.app import AppConfig, build_demo, launch  # noqa: E402
-from whisper_sv.audio import SAMPLE_RATE, load_audio  # noqa: E402
-from whisper_sv.continuation import Continuer  # noqa: E402
-from whisper_sv.inference import pick_backend  # noqa: E402
-from whisper_sv.metrics import wer_report  # noqa: E402
-
 from helpers import SENTENCE, render_test_clip  # noqa: E402
 from test_app import build_tiny_lm, free_port  # noqa: E402
+
+from whisper_sv.audio.io import SAMPLE_RATE, load_audio  # noqa: E402
+from whisper_sv.common.metrics import wer_report  # noqa: E402
+from whisper_sv.serving.app import AppConfig, build_demo, launch  # noqa: E402
+from whisper_sv.serving.continuation import Continuer  # noqa: E402
+from whisper_sv.serving.inference import pick_backend  # noqa: E402
 
 MAX_UPLOAD_MB, MAX_SECONDS = 5, 600  # 600 s: the app's default, the cap the 655 kHz FLAC slipped under
 NULL_ERROR = "has not enabled verbose error reporting"  # what gradio_client says for `error: null`

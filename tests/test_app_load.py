@@ -15,10 +15,10 @@ import soundfile as sf
 
 pytest.importorskip("gradio")
 
-from whisper_sv.app import AppConfig, build_demo, launch  # noqa: E402
-from whisper_sv.continuation import Continuer  # noqa: E402
-
 from helpers import render_test_clip  # noqa: E402
+
+from whisper_sv.serving.app import AppConfig, build_demo, launch  # noqa: E402
+from whisper_sv.serving.continuation import Continuer  # noqa: E402
 
 BENCH = Path(__file__).resolve().parents[1] / "bench" / "app_load.py"
 
@@ -32,7 +32,7 @@ def _bench():
 
 @pytest.mark.slow
 def test_twenty_concurrent_clients(tmp_path):
-    from whisper_sv.inference import pick_backend
+    from whisper_sv.serving.inference import pick_backend
 
     bench = _bench()
     clip = render_test_clip(tmp_path)

@@ -20,10 +20,10 @@ import httpx
 import pytest
 
 pytest.importorskip("gradio")
-from whisper_sv.app import UPLOADS_MARKER, UPLOADS_PREFIX, AppConfig, build_demo, launch  # noqa: E402
-from whisper_sv.continuation import Continuer  # noqa: E402
-
 from test_app import free_port  # noqa: E402
+
+from whisper_sv.serving.app import UPLOADS_MARKER, UPLOADS_PREFIX, AppConfig, build_demo, launch  # noqa: E402
+from whisper_sv.serving.continuation import Continuer  # noqa: E402
 
 
 class Echo:
@@ -113,7 +113,7 @@ def test_only_the_apps_own_uploads_are_served(shared_dir):
         demo.close()
 
 
-CLAIM = ("import os, sys; from whisper_sv.app import claim_upload_folder; "
+CLAIM = ("import os, sys; from whisper_sv.serving.app import claim_upload_folder; "
          "print(claim_upload_folder(sys.argv[1]), flush=True); {then}")
 
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from whisper_sv.audio import SAMPLE_RATE, AudioError, load_audio
+from whisper_sv.audio.io import SAMPLE_RATE, AudioError, load_audio
 
 
 def _wav_bytes(x, sr, fmt="WAV", subtype=None):
@@ -73,7 +73,7 @@ def test_container_is_judged_by_its_bytes_and_playlists_are_refused(tmp_path):
     import shutil
     import subprocess
 
-    from whisper_sv.audio import sniff_format
+    from whisper_sv.audio.io import sniff_format
 
     secret = tmp_path / "secret.wav"
     sf.write(secret, np.zeros(SAMPLE_RATE, np.float32), SAMPLE_RATE)

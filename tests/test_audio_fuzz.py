@@ -30,7 +30,7 @@ MIN_FILES = 300
 WORKER = textwrap.dedent(r"""
     import json, resource, sys
     import numpy as np
-    from whisper_sv.audio import AudioError, load_audio
+    from whisper_sv.audio.io import AudioError, load_audio
 
     def rss_mb(field):
         for line in open("/proc/self/status"):

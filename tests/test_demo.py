@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from helpers import stopping_tiny
 
+from whisper_sv.data.voices import missing_voices
 from whisper_sv.demo import format_table, table_rows
-from whisper_sv.voices import missing_voices
 
 # What a library or Python prints when it warns: "[transformers] ...", "FutureWarning: ...", "WARNING ...".
 WARNING_LINE = re.compile(r"warn|deprecat", re.IGNORECASE)
@@ -91,7 +91,7 @@ def test_the_demo_trains_with_the_recipe_and_shows_the_report_card(tmp_path):
     proc = subprocess.run(args, capture_output=True, text=True, timeout=1500)
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output[-3000:]
-    from whisper_sv.feature_store import FeatureStore
+    from whisper_sv.data.feature_store import FeatureStore
 
     ids = [r.clip_id for r in FeatureStore(tmp_path / "features" / "train").rows()]
     assert any(i.startswith("stitched-") for i in ids) and any(i.startswith("nonspeech-") for i in ids)

@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from whisper_sv.checkpoints import COMPLETE_MARKER, complete_checkpoints, mark_complete
-from whisper_sv.distributed import barrier, is_main_process, main_only, main_process_first, rank, world_size
+from whisper_sv.common.distributed import barrier, is_main_process, main_only, main_process_first, rank, world_size
+from whisper_sv.training.checkpoints import COMPLETE_MARKER, complete_checkpoints, mark_complete
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # two processes on two cores
@@ -43,7 +43,7 @@ RECIPES = {  # eval_data names a store of the sv_stores fixture
 RECORDER = '''
 import json, os, sys
 from transformers.models.whisper import modeling_whisper
-from whisper_sv import collator
+from whisper_sv.training import collator
 from whisper_sv.cli import main
 
 WATCH = os.path.join(os.environ["WATCH"], "")
@@ -175,7 +175,7 @@ def sigkill_job_after_checkpoint(cmd: list[str], checkpoint: Path, timeout_s: fl
 @pytest.mark.slow
 @pytest.mark.parametrize("recipe", RECIPES)
 def test_torchrun_steps_through_the_one_process_batches_and_writes_the_run_folder_once(runs, sv_stores, recipe):
-    from whisper_sv.feature_store import FeatureStore
+    from whisper_sv.data.feature_store import FeatureStore
 
     one, two = runs("one", recipe), runs("torchrun", recipe)
     # The clips of each step: rank 0's 2 then rank 1's 2 are the one-process run's 4, in order.

@@ -6,13 +6,13 @@ import json
 import numpy as np
 import pytest
 
-from whisper_sv.models import PACKAGED_BASE
-from whisper_sv.sources import iter_common_voice
+from whisper_sv.data.sources import iter_common_voice
+from whisper_sv.models.specs import PACKAGED_BASE
 
 
 @pytest.mark.slow
 def test_evaluate_store_and_source_agree_and_write_report(sv_corpus, sv_stores, tmp_path):
-    from whisper_sv.evaluate import evaluate
+    from whisper_sv.evaluation.evaluate import evaluate
 
     from_audio = evaluate(PACKAGED_BASE, f"cv:{sv_corpus}", "dev", out=tmp_path / "audio.json", batch_size=3)
     from_store = evaluate(PACKAGED_BASE, str(sv_stores["dev"]), "dev", out=tmp_path / "store.json", batch_size=4)
@@ -33,12 +33,12 @@ def test_evaluate_store_and_source_agree_and_write_report(sv_corpus, sv_stores, 
 def test_export_transcribes_like_the_source_model(sv_corpus, tmp_path):
     from faster_whisper import WhisperModel
 
-    from whisper_sv.audio import N_SAMPLES
-    from whisper_sv.decoding import generate_texts
-    from whisper_sv.export import export_ct2
-    from whisper_sv.logmel import log_mel, pad_features
-    from whisper_sv.models import load_model
-    from whisper_sv.sources import iter_clips
+    from whisper_sv.audio.io import N_SAMPLES
+    from whisper_sv.audio.logmel import log_mel, pad_features
+    from whisper_sv.data.sources import iter_clips
+    from whisper_sv.models.decoding import generate_texts
+    from whisper_sv.models.specs import load_model
+    from whisper_sv.serving.export import export_ct2
 
     out = export_ct2(PACKAGED_BASE, tmp_path / "ct2", quantization="float32")
     for name in ("model.bin", "config.json", "tokenizer.json", "preprocessor_config.json"):
@@ -65,7 +65,7 @@ def test_export_transcribes_like_the_source_model(sv_corpus, tmp_path):
 
 
 def test_export_refuses_unknown_quantization_and_foreign_folders(tmp_path):
-    from whisper_sv.export import export_ct2
+    from whisper_sv.serving.export import export_ct2
 
     with pytest.raises(ValueError, match="quantization"):
         export_ct2(PACKAGED_BASE, tmp_path / "x", quantization="int3")
@@ -80,8 +80,8 @@ def test_export_refuses_unknown_quantization_and_foreign_folders(tmp_path):
 
 
 def test_per_speaker_and_per_family_counts_add_up_to_the_totals():
-    from whisper_sv.evaluate import score
-    from whisper_sv.metrics import wer_report
+    from whisper_sv.common.metrics import wer_report
+    from whisper_sv.evaluation.evaluate import score
 
     cv_speaker = "3f" * 64  # a Common Voice client_id: a hex hash
     rows = [
@@ -114,11 +114,11 @@ def test_an_old_format_store_evaluates_with_speaker_unknown(sv_corpus, tmp_path)
     today's store of the same clips names the espeak speakers."""
     import dataclasses
 
-    from whisper_sv.evaluate import evaluate, iter_inputs
-    from whisper_sv.feature_config import FeatureConfig
-    from whisper_sv.feature_store import FeatureStore
-    from whisper_sv.features import build_features
-    from whisper_sv.models import RANDOM_TINY
+    from whisper_sv.data.feature_config import FeatureConfig
+    from whisper_sv.data.feature_store import FeatureStore
+    from whisper_sv.evaluation.evaluate import evaluate, iter_inputs
+    from whisper_sv.features.build import build_features
+    from whisper_sv.models.specs import RANDOM_TINY
 
     config = FeatureConfig(model=PACKAGED_BASE, shard_size=4)
     for version in (2, 3):
@@ -137,10 +137,10 @@ def test_an_old_format_store_evaluates_with_speaker_unknown(sv_corpus, tmp_path)
 def test_a_model_is_scored_and_exported_with_the_window_it_was_trained_on(sv_stores, tmp_path, monkeypatch):
     """A model fine-tuned on 15 s windows (encoder_window.py) is scored on 15 s windows unless told
     otherwise, each batch as wide as the app's backend would encode it, and its export says so."""
-    import whisper_sv.evaluate as evaluate_module
-    from whisper_sv.encoder_window import record_window
-    from whisper_sv.export import export_ct2
-    from whisper_sv.models import RANDOM_TINY, load_model
+    import whisper_sv.evaluation.evaluate as evaluate_module
+    from whisper_sv.models.encoder_window import record_window
+    from whisper_sv.models.specs import RANDOM_TINY, load_model
+    from whisper_sv.serving.export import export_ct2
 
     model, processor = load_model(RANDOM_TINY)
     record_window(model, 15)

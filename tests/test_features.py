@@ -19,15 +19,15 @@ import pyarrow.parquet as pq
 import pytest
 import soundfile as sf
 
-from whisper_sv.audio import N_FRAMES, SAMPLE_RATE, load_audio
-from whisper_sv.evaluate import iter_inputs
-from whisper_sv.feature_config import FeatureConfig
-from whisper_sv.feature_store import FeatureStore
-from whisper_sv.features import ConfigMismatch, build_features
-from whisper_sv.logmel import Smoothing, collate_features, log_mel, pad_features, smooth_image, smooth_log_mel
-from whisper_sv.models import PACKAGED_BASE
-from whisper_sv.shard_format import COLUMNS, ShardRow, read_shard, shard_bytes
-from whisper_sv.sources import CV_HEADER
+from whisper_sv.audio.io import N_FRAMES, SAMPLE_RATE, load_audio
+from whisper_sv.audio.logmel import Smoothing, collate_features, log_mel, pad_features, smooth_image, smooth_log_mel
+from whisper_sv.data.feature_config import FeatureConfig
+from whisper_sv.data.feature_store import FeatureStore
+from whisper_sv.data.shard_format import COLUMNS, ShardRow, read_shard, shard_bytes
+from whisper_sv.data.sources import CV_HEADER
+from whisper_sv.evaluation.evaluate import iter_inputs
+from whisper_sv.features.build import ConfigMismatch, build_features
+from whisper_sv.models.specs import PACKAGED_BASE
 
 LENGTHS_S = (0.1, 0.5, 1.0, 3.3, 10.0, 29.99, 30.0)
 # fp16 keeps 11 significant bits: a value in [1, 2) is stored to within half its spacing, 2**-11.

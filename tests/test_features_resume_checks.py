@@ -16,10 +16,10 @@ import time
 from pathlib import Path
 
 import pytest
-
 from helpers import SV_CORPUS
-from whisper_sv.feature_config import FeatureConfig
-from whisper_sv.features import build_features
+
+from whisper_sv.data.feature_config import FeatureConfig
+from whisper_sv.features.build import build_features
 
 # conftest's sv_stores: the train split of sv_corpus (48 clips) in shards of 16, so 3 shards.
 STORE_CONFIG = FeatureConfig(shard_size=16)
@@ -62,7 +62,7 @@ def test_a_damaged_committed_shard_is_redone_and_the_store_equals_a_fresh_one(tm
     shutil.copytree(fresh, out)
     _damage(out / f"train-00001.{target}", how)  # the middle shard: its redone line lands after shard 2's
 
-    with caplog.at_level(logging.WARNING, logger="whisper_sv.features"):
+    with caplog.at_level(logging.WARNING, logger="whisper_sv.features.build"):
         summary = _resume(sv_corpus, out)
 
     assert (summary["shards_written"], summary["shards_skipped"], summary["shards_redone"]) == (1, 2, 1)

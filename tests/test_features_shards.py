@@ -17,14 +17,14 @@ import pytest
 import soundfile as sf
 
 from whisper_sv.cli import main
-from whisper_sv.errors import UserError
-from whisper_sv.feature_config import FeatureConfig
-from whisper_sv.feature_store import FeatureStore, StoreLock
-from whisper_sv.features import build_features
-from whisper_sv.models import PACKAGED_BASE
-from whisper_sv.sources import CV_HEADER
-from whisper_sv import shard_merge
-from whisper_sv.shard_merge import done_record_path, merge_shards
+from whisper_sv.common.errors import UserError
+from whisper_sv.data.feature_config import FeatureConfig
+from whisper_sv.data.feature_store import FeatureStore, StoreLock
+from whisper_sv.data.sources import CV_HEADER
+from whisper_sv.features import shard_merge
+from whisper_sv.features.build import build_features
+from whisper_sv.features.shard_merge import done_record_path, merge_shards
+from whisper_sv.models.specs import PACKAGED_BASE
 
 CONFIG = FeatureConfig(model=PACKAGED_BASE, shard_size=3)
 SENTENCES = ["Hej på dig.", "Det regnar i dag.", "Vi ses i morgon.", "Katten sover.", "Jag heter Anna.",
@@ -210,7 +210,7 @@ def test_cli_errors_are_one_line(tmp_path, two_folders, capsys):
 
 
 def test_a_run_started_again_is_unfinished_until_it_ends(tmp_path, corpus, two_folders, monkeypatch):
-    import whisper_sv.features
+    import whisper_sv.features.build
 
     folder = _copy(two_folders[1], tmp_path / "m1")
 
@@ -218,7 +218,7 @@ def test_a_run_started_again_is_unfinished_until_it_ends(tmp_path, corpus, two_f
         raise KeyboardInterrupt
         yield
 
-    monkeypatch.setattr(whisper_sv.features, "_run_shards", killed)
+    monkeypatch.setattr(whisper_sv.features.build, "_run_shards", killed)
     with pytest.raises(KeyboardInterrupt):
         _run(corpus, folder, 1, 2)  # say the source grew: this run may commit more shards before it ends
     assert not done_record_path(folder, 1, 2).exists()

@@ -1,4 +1,4 @@
-"""`whisper_sv.fileio`: a killed write never shows under the final name, litter is told apart by PID,
+"""`whisper_sv.common.fileio`: a killed write never shows under the final name, litter is told apart by PID,
 and a folder refuses a configuration other than the one it was made with, in one line."""
 
 import json
@@ -11,9 +11,9 @@ from dataclasses import asdict
 
 import pytest
 
-from whisper_sv import fileio, synth
-from whisper_sv.errors import UserError
-from whisper_sv.fileio import (
+from whisper_sv.common import fileio
+from whisper_sv.common.errors import UserError
+from whisper_sv.common.fileio import (
     atomic_folder,
     claim_folder,
     remove_dead_temp_files,
@@ -21,6 +21,7 @@ from whisper_sv.fileio import (
     write_atomic,
     write_json,
 )
+from whisper_sv.synth import corpus as synth
 
 
 def _dead_pid() -> int:
@@ -67,7 +68,7 @@ def test_a_write_killed_midway_leaves_the_old_content_and_litter_of_its_pid(tmp_
     path.write_bytes(b"old")
     pid = _run_killed(f"""
         import os, signal
-        from whisper_sv.fileio import atomic_file
+        from whisper_sv.common.fileio import atomic_file
         print(os.getpid(), flush=True)
         with atomic_file({str(path)!r}) as f:
             f.write(b"half of the new")
@@ -160,7 +161,7 @@ def test_a_folder_build_killed_midway_never_shows_under_the_final_name(tmp_path)
     dest = tmp_path / "final"
     pid = _run_killed(f"""
         import os, signal
-        from whisper_sv.fileio import atomic_folder
+        from whisper_sv.common.fileio import atomic_folder
         print(os.getpid(), flush=True)
         with atomic_folder({str(dest)!r}) as tmp:
             (tmp / "model.safetensors").write_bytes(b"half")

@@ -9,10 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+from helpers import SENTENCE, render_test_clip
 
-from whisper_sv.audio import SAMPLE_RATE, load_audio
-from whisper_sv.decoding import compression_ratio, ct2_max_length, cut_repetitions, window_frames
-from whisper_sv.inference import (
+from whisper_sv.audio.io import SAMPLE_RATE, load_audio
+from whisper_sv.audio.logmel import log_mel
+from whisper_sv.common.metrics import normalize_sv, wer_report
+from whisper_sv.data.voices import VOICES_BY_ID
+from whisper_sv.models.decoding import compression_ratio, ct2_max_length, cut_repetitions, window_frames
+from whisper_sv.serving.inference import (
     NO_SPEECH,
     FasterWhisperBackend,
     InferenceOptions,
@@ -22,12 +26,7 @@ from whisper_sv.inference import (
     pick_backend,
     speech_chunks,
 )
-from whisper_sv.logmel import log_mel
-from whisper_sv.metrics import normalize_sv, wer_report
-from whisper_sv.synth import ClipJob, render_clip
-from whisper_sv.voices import VOICES_BY_ID
-
-from helpers import SENTENCE, render_test_clip
+from whisper_sv.synth.corpus import ClipJob, render_clip
 
 VOICE, RATE, PITCH = "espeak-sv-m3", 150, 50
 OTHER = ("Vi ses i morgon bitti.", "Ja, se på mig.", "Vill du se något mer?", "Han läser en bok varje kväll.")
@@ -232,7 +231,7 @@ def test_transformers_backend_same_model(clip):
 
 
 def test_which_backend_a_spec_gets(tmp_path, monkeypatch):
-    from whisper_sv.packaged import packaged_ct2_dir
+    from whisper_sv.models.packaged import packaged_ct2_dir
 
     assert ct2_dir_for("packaged:whisper-base") == packaged_ct2_dir()
     export = tmp_path / "export"
@@ -279,7 +278,7 @@ def test_decoding_cap_stops_a_compressed_bomb_early(tmp_path):
     import subprocess
     import tracemalloc
 
-    from whisper_sv.audio import AudioError
+    from whisper_sv.audio.io import AudioError
 
     bomb = tmp_path / "bomb.flac"
     with open(bomb, "wb") as out:
@@ -315,8 +314,8 @@ def test_every_chunk_gets_the_loop_check_with_the_default_single_temperature(fw,
 
 
 def test_transformers_backend_cuts_loops_too(monkeypatch, clip):
-    import whisper_sv.inference as inference_module
-    from whisper_sv.inference import TransformersBackend
+    import whisper_sv.serving.inference as inference_module
+    from whisper_sv.serving.inference import TransformersBackend
 
     backend = TransformersBackend.__new__(TransformersBackend)  # no model: transcribe_arrays is stubbed
     backend.model = backend.processor = None

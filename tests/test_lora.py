@@ -11,11 +11,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from helpers import sigkill_after_checkpoint
-from whisper_sv.config import build_config
-from whisper_sv.errors import UserError
-from whisper_sv.lora import LoraSettings, target_pattern
+
+from whisper_sv.common.errors import UserError
+from whisper_sv.models.lora import LoraSettings, target_pattern
+from whisper_sv.training.config import build_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -56,8 +56,8 @@ def test_a_quantized_base_is_refused_on_a_cpu(tmp_path, sv_stores, capsys):
 
 
 def test_every_preset_in_configs_loads_and_validates():
-    from whisper_sv.config import load_config
-    from whisper_sv.search_config import load_search_config
+    from whisper_sv.search.config import load_search_config
+    from whisper_sv.training.config import load_config
 
     kinds = []
     for path in sorted((ROOT / "configs").glob("*.json")):
@@ -95,8 +95,8 @@ def test_adapter_init_is_drawn_from_the_seed_alone():
     and its uninterrupted twin train different adapters (the resume test below caught it)."""
     import torch
 
-    from whisper_sv.lora import apply_lora
-    from whisper_sv.models import load_model
+    from whisper_sv.models.lora import apply_lora
+    from whisper_sv.models.specs import load_model
 
     def lora_a(seed):
         model = apply_lora(load_model("random:tiny")[0], LoraSettings(r=4), seed=seed)
@@ -129,7 +129,7 @@ def test_lora_trains_only_the_adapter_and_merges_into_a_plain_whisper(sv_stores,
     from peft import PeftModel
     from transformers import WhisperForConditionalGeneration
 
-    from whisper_sv.models import resolve_model
+    from whisper_sv.models.specs import resolve_model
 
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     steps = dict(max_steps=8, save_steps=2, eval_steps=4, logging_steps=1)
@@ -183,7 +183,7 @@ def test_lora_resume_after_sigkill_gives_the_weights_of_an_uninterrupted_run(sv_
 
 @pytest.mark.slow
 def test_merged_lora_model_exports_to_ctranslate2(sv_stores, tmp_path):
-    from whisper_sv.export import export_ct2
+    from whisper_sv.serving.export import export_ct2
 
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     subprocess.run(_train_cmd(tmp_path / "run", sv_stores, max_steps=2, eval_steps=2, save_steps=2),

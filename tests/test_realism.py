@@ -4,7 +4,7 @@ seed gives the same effects and the same samples."""
 import numpy as np
 import pytest
 
-from whisper_sv.realism import TELEPHONE_BAND_HZ, Effects, apply_effects, draw_effects, room_response
+from whisper_sv.audio.realism import TELEPHONE_BAND_HZ, Effects, apply_effects, draw_effects, room_response
 
 RATE = 16000
 KNOBS = dict(snr_db=[5.0, 30.0], reverb_share=0.5, rt60_s=[0.2, 0.8], telephone_share=0.2, gain_db=[-12.0, 3.0], speed=[0.95, 1.05])

@@ -9,12 +9,12 @@ import json
 import numpy as np
 import pytest
 
-from whisper_sv.collator import SpeechCollator
-from whisper_sv.feature_config import FeatureConfig
-from whisper_sv.feature_store import FeatureStore
-from whisper_sv.features import build_features, load_tokenizer
-from whisper_sv.recipe import Recipe, nospeech_token_id
-from whisper_sv.synth import SynthConfig, synthesize
+from whisper_sv.data.feature_config import FeatureConfig
+from whisper_sv.data.feature_store import FeatureStore
+from whisper_sv.data.recipe import Recipe, nospeech_token_id
+from whisper_sv.features.build import build_features, load_tokenizer
+from whisper_sv.synth.corpus import SynthConfig, synthesize
+from whisper_sv.training.collator import SpeechCollator
 
 SHARD = 16  # the session corpus's 48 training clips: 3 shards
 RECIPE = {"stitched_share": 0.5, "timestamp_share": 0.5, "nonspeech_share": 0.25, "replay_share": 0.25, "seed": 3}

@@ -10,12 +10,11 @@ import math
 
 import numpy as np
 import pytest
-
 from helpers import stopping_tiny
 
-from whisper_sv import longform, nonspeech
-from whisper_sv import report_card as rc
-from whisper_sv.longform import Segment
+from whisper_sv.audio import longform, nonspeech
+from whisper_sv.audio.longform import Segment
+from whisper_sv.evaluation import report_card as rc
 
 SR = 16000
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -232,8 +231,8 @@ def test_timestamp_labels_are_prefix_then_start_text_end_per_segment_then_eot():
 
 
 def test_a_stitched_clips_labels_carry_timestamp_tokens_at_the_right_frames():
-    from whisper_sv.features import load_tokenizer
-    from whisper_sv.models import PACKAGED_BASE
+    from whisper_sv.features.build import load_tokenizer
+    from whisper_sv.models.specs import PACKAGED_BASE
 
     tok = load_tokenizer(PACKAGED_BASE)
     begin = tok.convert_tokens_to_ids("<|0.00|>")
@@ -475,7 +474,7 @@ def test_new_weights_in_the_same_folder_are_scored_anew(tmp_path):
 def test_report_card_end_to_end_on_tiny_models(tmp_path, capsys):
     from PIL import Image
 
-    from whisper_sv.synth import SynthConfig, synthesize
+    from whisper_sv.synth.corpus import SynthConfig, synthesize
 
     sv = synthesize(tmp_path / "sv", SynthConfig(clips=60, seed=3, voices="espeak", realism=False,
                                                  splits={"train": 0.3, "dev": 0.1, "test": 0.6}), workers=2)

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from whisper_sv.search import SearchConfig, is_stale, load_search_config, recover
 from helpers import sigkill_after_checkpoint
+
+from whisper_sv.search.study import SearchConfig, is_stale, load_search_config, recover
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = json.loads((ROOT / "configs" / "tiny.json").read_text())
@@ -52,8 +52,8 @@ def test_an_incompatible_parameter_is_refused_with_its_reason():
 
 
 def test_a_space_of_lora_keys_gives_each_trial_its_lora_settings():
-    from whisper_sv.config import build_config
-    from whisper_sv.search_config import trial_train_values
+    from whisper_sv.search.config import trial_train_values
+    from whisper_sv.training.config import build_config
 
     wide = ["q_proj", "k_proj", "v_proj", "out_proj"]
     cfg = _config(train={**TINY, "train_data": "f/train", "lora": {"dropout": 0.0}}, space={
@@ -124,7 +124,7 @@ def _dead_pid() -> int:
 
 
 def test_a_dead_worker_on_this_host_is_stale_at_once_and_a_silent_remote_one_after_the_grace():
-    from whisper_sv.search import BOOT, HOST, _worker_id
+    from whisper_sv.search.study import BOOT, HOST, _worker_id
 
     assert not is_stale(_Trial(_worker_id(), heartbeat=0), stale_after_s=600)  # alive, whatever the heartbeat
     assert is_stale(_Trial({"host": HOST, "boot": BOOT, "pid": _dead_pid(), "start": 1.0}, heartbeat=time.time()), stale_after_s=600)
@@ -139,7 +139,7 @@ def test_recover_fails_a_dead_trial_once_and_queues_one_retry_with_its_parameter
     import optuna
     from optuna.trial import TrialState
 
-    from whisper_sv.search import BOOT, HOST, _must_discard
+    from whisper_sv.search.study import BOOT, HOST, _must_discard
 
     cfg = _config(trials=3)
     study = optuna.create_study()
@@ -341,7 +341,7 @@ def test_two_workers_share_a_postgresql_study(sv_corpus, tmp_path, postgres):
 def test_a_deliberately_bad_learning_rate_is_pruned(sv_corpus, tmp_path):
     """On the packaged base (the tiny model's WER is 100 % whatever it learns): two sane trials,
     then one whose learning rate wrecks the decoder by its first evaluation."""
-    from whisper_sv.search import open_study, search
+    from whisper_sv.search.study import open_study, search
 
     overrides = {
         "study_dir": str(tmp_path / "study"), "trials": 3, "pruner_args": {"n_startup_trials": 2},
@@ -367,7 +367,7 @@ def test_a_deliberately_bad_learning_rate_is_pruned(sv_corpus, tmp_path):
 
 @pytest.mark.slow
 def test_a_lora_trial_trains_an_adapter_with_the_searched_settings(sv_corpus, tmp_path):
-    from whisper_sv.search import open_study, search
+    from whisper_sv.search.study import open_study, search
 
     overrides = {
         "study_dir": str(tmp_path / "study"), "trials": 1, "sampler": "grid",
@@ -392,8 +392,8 @@ def test_the_wilcoxon_pruner_gets_each_eval_utterance_paired_by_step_and_clip(tm
     import optuna
     from transformers import TrainerState
 
-    from whisper_sv.search import _reporter
-    from whisper_sv.run_report import write_eval_utterances
+    from whisper_sv.search.study import _reporter
+    from whisper_sv.training.run_report import write_eval_utterances
 
     cfg = _config(pruner="wilcoxon")
     trial = optuna.create_study(pruner=optuna.pruners.WilcoxonPruner()).ask()
@@ -418,7 +418,7 @@ def test_a_worker_whose_trial_was_taken_over_stops_training_it():
     from optuna.trial import TrialState
     from transformers import TrainerState
 
-    from whisper_sv.search import TrialTakenOver, _Heartbeat, _reporter
+    from whisper_sv.search.study import TrialTakenOver, _Heartbeat, _reporter
 
     study = optuna.create_study()
     trial = study.ask()
@@ -434,7 +434,7 @@ def test_a_worker_whose_trial_was_taken_over_stops_training_it():
 def test_workers_of_a_grid_study_share_one_grid_order(tmp_path):
     """The grid sampler shuffles the grid with its seed; a worker with another seed would read
     "grid point 0" as other parameters and run one point twice (a restarted worker did)."""
-    from whisper_sv.search import open_study
+    from whisper_sv.search.study import open_study
 
     cfg = _config(sampler="grid", study_dir=str(tmp_path / "study"), space={"learning_rate": [1e-3, 2e-3, 3e-3]})
     seen = []

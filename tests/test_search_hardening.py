@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from whisper_sv.errors import UserError
-from whisper_sv.search import SearchConfig, open_study, search
+from whisper_sv.common.errors import UserError
+from whisper_sv.search.study import SearchConfig, open_study, search
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = json.loads((ROOT / "configs" / "tiny.json").read_text())
@@ -61,13 +61,13 @@ def fake_train(monkeypatch):
     """The stand-in `train` (and no plots); and every worker's identity is a dead process on this host, so a trial
     a run leaves running (a kill, a full disk) is seen by the next run as its dead worker's, as it
     is when that run was another process."""
-    import whisper_sv.search as search_module
-    import whisper_sv.search_report
-    import whisper_sv.train
+    import whisper_sv.search.report
+    import whisper_sv.search.study as search_module
+    import whisper_sv.training.train
 
     fake = FakeTrain()
-    monkeypatch.setattr(whisper_sv.train, "train", fake)
-    monkeypatch.setattr(whisper_sv.search_report, "write_plots", lambda study, folder: [])  # seconds each, not tested here
+    monkeypatch.setattr(whisper_sv.training.train, "train", fake)
+    monkeypatch.setattr(whisper_sv.search.report, "write_plots", lambda study, folder: [])  # seconds each, not tested here
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
     proc.wait()
     dead = {"host": search_module.HOST, "boot": search_module.BOOT, "pid": proc.pid, "start": 1.0}

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from whisper_sv.sources import CV_HEADER, iter_clips, iter_examples, parse_source
+from whisper_sv.data.sources import CV_HEADER, iter_clips, iter_examples, parse_source
 
 
 def _cv_folder(tmp_path, sv_corpus, rows, header=CV_HEADER):
@@ -89,7 +89,7 @@ def test_hub_source_streams_local_parquet(tmp_path, sv_corpus):
     got = list(iter_clips(f"hf:{folder}", "test"))
     assert [c.sentence for c in got] == ["En.", "Två.", "Tre."]
     assert [c.id for c in got] == [p.name for p in clips]
-    from whisper_sv.audio import load_audio
+    from whisper_sv.audio.io import load_audio
 
     np.testing.assert_array_equal(got[0].audio, load_audio(clips[0]))
     assert [c.speaker for c in got] == ["", "", ""]  # no speaker column: unknown

@@ -11,12 +11,13 @@ import numpy as np
 import pytest
 import soundfile as sf
 import soxr
-
 from helpers import SV_CORPUS
-from whisper_sv import cli, synth
-from whisper_sv.sources import CV_HEADER, iter_common_voice
-from whisper_sv.synth import SynthConfig, clip_name, plan_corpus, read_sentences, synthesize
-from whisper_sv.voices import MBROLA_VOICES, VOICES_BY_ID, missing_voices, speak
+
+from whisper_sv import cli
+from whisper_sv.data.sources import CV_HEADER, iter_common_voice
+from whisper_sv.data.voices import MBROLA_VOICES, VOICES_BY_ID, missing_voices, speak
+from whisper_sv.synth import corpus as synth
+from whisper_sv.synth.corpus import SynthConfig, clip_name, plan_corpus, read_sentences, synthesize
 
 
 def _digest(folder, keep=lambda path: True):
@@ -189,7 +190,7 @@ def test_asking_for_mbrola_where_it_is_missing_is_one_line(tmp_path, monkeypatch
 
 
 def test_the_default_voices_are_every_family_that_renders_here(monkeypatch, capsys):
-    from whisper_sv import voices
+    from whisper_sv.data import voices
 
     voices.available_families.cache_clear()
     monkeypatch.setattr(voices, "missing_voices", lambda families, language="sv": list(voices.MBROLA_VOICES))

@@ -11,10 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from whisper_sv import cli, voices
-from whisper_sv.sources import iter_common_voice
-from whisper_sv.synth import CHECKOUT, SynthConfig, corpus_record, plan_corpus, read_sentences, synthesize
-from whisper_sv.voices import VOICES_BY_ID, families, missing_voices, speak, speaker_from_client_id, voice_family
+from whisper_sv import cli
+from whisper_sv.data import voices
+from whisper_sv.data.sources import iter_common_voice
+from whisper_sv.data.voices import VOICES_BY_ID, families, missing_voices, speak, speaker_from_client_id, voice_family
+from whisper_sv.synth.corpus import CHECKOUT, SynthConfig, corpus_record, plan_corpus, read_sentences, synthesize
 
 EN_SENTENCES = read_sentences(CHECKOUT / "data" / "en_sentences.txt")
 SV_SENTENCES = read_sentences(CHECKOUT / "data" / "sv_sentences.txt")

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from helpers import sigkill_after_checkpoint
-from whisper_sv.config import TRAINING_DEFAULTS, build_config, load_config, parse_overrides
-from whisper_sv.checkpoints import COMPLETE_MARKER, complete_checkpoints, mark_complete, resume_checkpoint, set_aside_incomplete
-from whisper_sv.collator import SpeechCollator, with_cached_encoder
+
+from whisper_sv.training.checkpoints import COMPLETE_MARKER, complete_checkpoints, mark_complete, resume_checkpoint, set_aside_incomplete
+from whisper_sv.training.collator import SpeechCollator, with_cached_encoder
+from whisper_sv.training.config import TRAINING_DEFAULTS, build_config, load_config, parse_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -116,7 +116,7 @@ def test_sigkill_midway_and_resume_gives_identical_weights_and_one_history(sv_st
     straight = [json.loads(line) for line in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
     assert losses == [(h["step"], h["loss"]) for h in straight if "loss" in h]
     if recipe:
-        from whisper_sv.models import resolve_model
+        from whisper_sv.models.specs import resolve_model
 
         start = _tensors(Path(resolve_model("random:tiny")) / "model.safetensors")
         for name in ("model.decoder.embed_tokens.weight", "model.decoder.embed_positions.weight",
@@ -157,9 +157,9 @@ def test_resume_checkpoint_is_the_last_marked_one(tmp_path):
 
 
 def test_train_evaluates_writes_final_card_curves_and_refuses_foreign_features(sv_corpus, sv_stores, tmp_path):
-    from whisper_sv.feature_config import FeatureConfig
-    from whisper_sv.features import build_features
-    from whisper_sv.train import train
+    from whisper_sv.data.feature_config import FeatureConfig
+    from whisper_sv.features.build import build_features
+    from whisper_sv.training.train import train
 
     cfg = load_config(ROOT / "configs" / "tiny.json", {
         "train_data": str(sv_stores["train"]), "eval_data": str(sv_stores["dev"]),
@@ -196,10 +196,10 @@ def test_encoder_cache_gives_the_same_loss_as_the_features(sv_stores, tmp_path, 
     at Whisper's 30 s window and at the app's 15 s one."""
     import torch
 
-    from whisper_sv.encoder_cache import _encode, build_encoder_cache, freeze_cross_attention_kv, readahead_for
-    from whisper_sv.encoder_window import accept_short_windows, frames_for
-    from whisper_sv.feature_store import FeatureStore
-    from whisper_sv.models import load_model
+    from whisper_sv.data.feature_store import FeatureStore
+    from whisper_sv.models.encoder_window import accept_short_windows, frames_for
+    from whisper_sv.models.specs import load_model
+    from whisper_sv.training.encoder_cache import _encode, build_encoder_cache, freeze_cross_attention_kv, readahead_for
 
     model, _ = load_model("random:tiny")
     model.freeze_encoder()
@@ -239,7 +239,7 @@ def test_encoder_cache_gives_the_same_loss_as_the_features(sv_stores, tmp_path, 
 def test_int8_cache_rounds_each_vector_to_within_half_a_step():
     import torch
 
-    from whisper_sv.encoder_cache import quantize_int8
+    from whisper_sv.training.encoder_cache import quantize_int8
 
     values = torch.randn(4, 4, 64) * torch.tensor([0.0, 0.1, 1.0, 30.0]).view(4, 1, 1)
     q, scales = quantize_int8(values)
@@ -257,8 +257,8 @@ def test_a_short_window_is_the_first_positions_of_the_same_encoder():
 
     import torch
 
-    from whisper_sv.encoder_window import accept_short_windows, record_window, trained_window_s
-    from whisper_sv.models import load_model
+    from whisper_sv.models.encoder_window import accept_short_windows, record_window, trained_window_s
+    from whisper_sv.models.specs import load_model
 
     model, _ = load_model("random:tiny")
     reference = copy.deepcopy(model)
@@ -291,7 +291,7 @@ def test_encoder_cache_needs_a_frozen_encoder():
 _RSS_AFTER_FREE = """
 import os, sys
 import numpy as np
-from whisper_sv.collator import keep_freed_memory
+from whisper_sv.training.collator import keep_freed_memory
 if sys.argv[1] == "keep":
     assert keep_freed_memory()
 block = np.ones(200_000_000 // 8)  # 200 MB, every page touched
@@ -320,10 +320,10 @@ def test_label_smoothing_trains_with_and_without_the_cache(sv_stores, tmp_path, 
     from transformers import Seq2SeqTrainingArguments
     from transformers.trainer_pt_utils import LabelSmoother
 
-    from whisper_sv.collator import trainer_class
-    from whisper_sv.encoder_cache import build_encoder_cache, freeze_cross_attention_kv
-    from whisper_sv.feature_store import FeatureStore
-    from whisper_sv.models import load_model
+    from whisper_sv.data.feature_store import FeatureStore
+    from whisper_sv.models.specs import load_model
+    from whisper_sv.training.collator import trainer_class
+    from whisper_sv.training.encoder_cache import build_encoder_cache, freeze_cross_attention_kv
 
     model, _ = load_model("random:tiny")
     model.freeze_encoder()
@@ -351,7 +351,7 @@ def test_label_smoothing_trains_with_and_without_the_cache(sv_stores, tmp_path, 
 def test_precision_bf16_on_a_cpu_asks_the_trainer_for_cpu_autocast(monkeypatch):
     import torch
 
-    import whisper_sv.train as train_module
+    import whisper_sv.training.train as train_module
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(train_module, "cpu_has_bf16", lambda: True)
@@ -366,7 +366,7 @@ def test_precision_bf16_on_a_cpu_asks_the_trainer_for_cpu_autocast(monkeypatch):
 def test_the_encoder_cache_is_float32_on_a_cpu_without_bf16_units(monkeypatch, capsys):
     import torch
 
-    import whisper_sv.train as train_module
+    import whisper_sv.training.train as train_module
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(train_module, "cpu_has_bf16", lambda: True)
@@ -384,7 +384,7 @@ def test_bf16_on_a_cpu_trains_under_autocast_and_saves_float32(sv_stores, tmp_pa
     from safetensors import safe_open
     from transformers import TrainerCallback
 
-    import whisper_sv.train as train_module
+    import whisper_sv.training.train as train_module
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(train_module, "cpu_has_bf16", lambda: True)  # emulated where not: slower, same numbers

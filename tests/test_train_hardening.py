@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from whisper_sv.cli import main
-from whisper_sv.config import EVAL_KEYS, HARMLESS_KEYS, load_config, toolkit_keys, training_argument_names, weight_changes
+from whisper_sv.training.config import EVAL_KEYS, HARMLESS_KEYS, load_config, toolkit_keys, training_argument_names, weight_changes
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = str(ROOT / "configs" / "tiny.json")
@@ -85,9 +85,9 @@ def test_fp16_true_under_auto_is_precision_fp16():
 
 
 def test_lora_targets_are_checked_against_the_loaded_model():
-    from whisper_sv.errors import UserError
-    from whisper_sv.lora import LoraSettings, check_targets
-    from whisper_sv.models import RANDOM_TINY, load_model
+    from whisper_sv.common.errors import UserError
+    from whisper_sv.models.lora import LoraSettings, check_targets
+    from whisper_sv.models.specs import RANDOM_TINY, load_model
 
     model, _ = load_model(RANDOM_TINY)
     check_targets(model, LoraSettings(r=64))
@@ -101,7 +101,7 @@ def test_lora_targets_are_checked_against_the_loaded_model():
 
 @pytest.fixture(scope="module")
 def tiny_model_folder(tmp_path_factory) -> Path:
-    from whisper_sv.models import RANDOM_TINY, load_model
+    from whisper_sv.models.specs import RANDOM_TINY, load_model
 
     model, processor = load_model(RANDOM_TINY)
     folder = tmp_path_factory.mktemp("model") / "final"
@@ -150,7 +150,7 @@ def test_export_refuses_what_is_not_a_whole_model_in_one_line(tiny_model_folder,
 
 
 def test_a_whole_model_folder_passes_the_check(tiny_model_folder):
-    from whisper_sv.export import check_model_folder
+    from whisper_sv.serving.export import check_model_folder
 
     check_model_folder(tiny_model_folder)
 
@@ -194,7 +194,7 @@ def test_a_run_folder_resumes_only_with_settings_that_keep_its_weights(sv_stores
 
 
 def test_a_finished_run_run_again_trains_nothing_and_returns_its_result(sv_stores, tmp_path, capsys):
-    from whisper_sv.train import train
+    from whisper_sv.training.train import train
 
     run = tmp_path / "run"
     cfg = load_config(TINY, {"train_data": str(sv_stores["train"]), "eval_data": str(sv_stores["dev"]), "output_dir": str(run),

@@ -1,5 +1,6 @@
 """Write hyperparam_search.ipynb (no outputs). Re-run after editing the cells below."""
 from pathlib import Path
+
 import nbformat as nbf
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,14 +37,14 @@ cells = [
     ),
     nbf.v4.new_code_cell(
         "# 1. Speech: the synthetic corpus unless a real source is configured.\n"
-        "from whisper_sv.synth import SynthConfig, synthesize\n"
+        "from whisper_sv.synth.corpus import SynthConfig, synthesize\n"
         "if SOURCE is None:\n"
         "    SOURCE = f\"cv:{synthesize('corpus/nb-search', SynthConfig(clips=CLIPS, seed=0), WORKERS)}\"\n"
         "SOURCE"
     ),
     nbf.v4.new_code_cell(
         "# 2. Search (re-run after a crash: finished trials stay, a killed trial resumes from its checkpoint).\n"
-        "from whisper_sv.search import load_search_config, search\n"
+        "from whisper_sv.search.study import load_search_config, search\n"
         "cfg = load_search_config(SEARCH, {**OVERRIDES, \"study_dir\": STUDY_DIR, \"trials\": TRIALS, \"storage\": STORAGE,\n"
         "                                  \"features\": {\"source\": SOURCE, \"shard_size\": 16, \"workers\": WORKERS}})\n"
         "result = search(cfg)\n"
@@ -61,7 +62,7 @@ cells = [
     ),
     nbf.v4.new_code_cell(
         "# 5. The best trial as a training preset: `whisper-sv train STUDY_DIR/best.json` trains it again.\n"
-        "from whisper_sv.config import load_config\n"
+        "from whisper_sv.training.config import load_config\n"
         "load_config(result[\"best_json\"]).to_dict()"
     ),
 ]

@@ -35,16 +35,16 @@ cells = [
     ),
     nbf.v4.new_code_cell(
         "# 1. Speech: the synthetic corpus unless a real source is configured.\n"
-        "from whisper_sv.synth import SynthConfig, synthesize\n"
+        "from whisper_sv.synth.corpus import SynthConfig, synthesize\n"
         "if SOURCE is None:\n"
         "    SOURCE = f\"cv:{synthesize('corpus/nb-train', SynthConfig(clips=CLIPS, seed=0), WORKERS)}\"\n"
         "SOURCE"
     ),
     nbf.v4.new_code_cell(
         "# 2. Features (resumable; re-running skips finished shards).\n"
-        "from whisper_sv.config import load_config\n"
-        "from whisper_sv.feature_config import FeatureConfig\n"
-        "from whisper_sv.features import build_features\n"
+        "from whisper_sv.training.config import load_config\n"
+        "from whisper_sv.data.feature_config import FeatureConfig\n"
+        "from whisper_sv.features.build import build_features\n"
         "cfg = load_config(PRESET, {**OVERRIDES, \"train_data\": f\"{FEATURES}/train\", \"eval_data\": f\"{FEATURES}/dev\", \"output_dir\": OUTPUT_DIR})\n"
         "feature_config = FeatureConfig(model=cfg.model)\n"
         "for split in (\"train\", \"dev\"):\n"
@@ -52,7 +52,7 @@ cells = [
     ),
     nbf.v4.new_code_cell(
         "# 3. Train (re-run this cell after a crash: it resumes from the last complete checkpoint).\n"
-        "from whisper_sv.train import train\n"
+        "from whisper_sv.training.train import train\n"
         "result = train(cfg)\n"
         "result"
     ),
@@ -63,13 +63,13 @@ cells = [
     ),
     nbf.v4.new_code_cell(
         "# 5. Evaluate the final model: JSON report + per-utterance CSV.\n"
-        "from whisper_sv.evaluate import evaluate\n"
+        "from whisper_sv.evaluation.evaluate import evaluate\n"
         "report = evaluate(str(result[\"final\"]), f\"{FEATURES}/dev\", out=f\"{OUTPUT_DIR}/dev.json\")\n"
         "{k: report[k] for k in (\"wer\", \"wer_ortho\", \"cer\", \"n\")}"
     ),
     nbf.v4.new_code_cell(
         "# 6. Export for faster-whisper (int8 on CPU, float16 on GPU).\n"
-        "from whisper_sv.export import export_ct2\n"
+        "from whisper_sv.serving.export import export_ct2\n"
         "export_ct2(str(result[\"final\"]), f\"{OUTPUT_DIR}/ct2\", quantization=\"int8\", force=True)"
     ),
 ]

@@ -4,7 +4,7 @@ Each stage module registers its own subcommand with ``add_cli(subparsers)`` besi
 wraps (openai/whisper keeps its CLI next to ``transcribe`` the same way); this file only collects
 them.
 
-A user error (`whisper_sv.errors`: a bad source, model path, value type or key) is one line on
+A user error (`whisper_sv.common.errors`: a bad source, model path, value type or key) is one line on
 stderr, ``whisper-sv CMD: error: ...``, and exit code 2, like argparse's own; ``-v/--verbose``
 shows its traceback. Any other exception is a bug and keeps its traceback.
 """
@@ -17,19 +17,19 @@ import importlib
 import logging
 import sys
 
-from .errors import is_user_error, one_line
+from .common.errors import is_user_error, one_line
 
 # (subcommand, module that registers it) in the order a user meets them.
 STAGES = (
-    ("synth", "whisper_sv.synth"),
-    ("features", "whisper_sv.features"),
-    ("train", "whisper_sv.train"),
-    ("evaluate", "whisper_sv.evaluate"),
-    ("export", "whisper_sv.export"),
-    ("report-card", "whisper_sv.report_card"),
-    ("search", "whisper_sv.search"),
-    ("transcribe", "whisper_sv.inference"),
-    ("app", "whisper_sv.app"),
+    ("synth", "whisper_sv.synth.corpus"),
+    ("features", "whisper_sv.features.build"),
+    ("train", "whisper_sv.training.train"),
+    ("evaluate", "whisper_sv.evaluation.evaluate"),
+    ("export", "whisper_sv.serving.export"),
+    ("report-card", "whisper_sv.evaluation.report_card"),
+    ("search", "whisper_sv.search.study"),
+    ("transcribe", "whisper_sv.serving.inference"),
+    ("app", "whisper_sv.serving.app"),
 )
 
 

@@ -35,18 +35,18 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from .config import load_config
-from .errors import is_user_error, one_line
-from .evaluate import evaluate
-from .export import export_ct2
-from .feature_config import FeatureConfig
-from .features import build_features
-from .fileio import write_atomic, write_json
-from .options import add_options, build, options_from
-from .report_card import ReportCardConfig, print_card, report_card, saved_figures, score_one, target_report, write_card_section
-from .synth import SynthConfig, synthesize
-from .train import train
-from .voices import INSTALL_MBROLA
+from .common.errors import is_user_error, one_line
+from .common.fileio import write_atomic, write_json
+from .common.options import add_options, build, options_from
+from .data.feature_config import FeatureConfig
+from .data.voices import INSTALL_MBROLA
+from .evaluation.evaluate import evaluate
+from .evaluation.report_card import ReportCardConfig, print_card, report_card, saved_figures, score_one, target_report, write_card_section
+from .features.build import build_features
+from .serving.export import export_ct2
+from .synth.corpus import SynthConfig, synthesize
+from .training.config import load_config
+from .training.train import train
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
