@@ -26,6 +26,7 @@ from whisper_sv.common.distributed import barrier, is_main_process, main_only, m
 from whisper_sv.training.checkpoints import COMPLETE_MARKER, complete_checkpoints, mark_complete
 
 ROOT = Path(__file__).resolve().parents[1]
+PRESETS = ROOT / "src" / "whisper_sv" / "configs"  # the presets that ship in the package
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # two processes on two cores
 STEPS = 8  # configs/tiny.json: max_steps 8, save_steps 2, logging_steps 1, 4 clips per step
 RECIPES = {  # eval_data names a store of the sv_stores fixture
@@ -85,7 +86,7 @@ def _torchrun() -> list[str]:
 def _train_args(out: Path, stores: dict, recipe: str, **keys) -> list[str]:
     keys = {**RECIPES[recipe], **keys}
     keys["eval_data"] = keys["eval_data"] and str(stores[keys["eval_data"]])
-    args = ["train", str(ROOT / "configs" / "tiny.json"), "--train_data", str(stores["train"]), "--output_dir", str(out)]
+    args = ["train", str(PRESETS / "tiny.json"), "--train_data", str(stores["train"]), "--output_dir", str(out)]
     for key, value in keys.items():
         args += [f"--{key}", json.dumps(value)]
     return args

@@ -224,11 +224,11 @@ def test_an_older_record_that_matches_is_rewritten_in_todays_form(tmp_path):
 # The synthetic corpus's record: sentences compared by content, wherever the checkout is
 
 
-def test_the_corpus_record_names_the_bundled_sentences_relative_to_the_checkout():
+def test_the_corpus_record_names_the_shipped_sentences_by_their_name_not_the_install_path():
     record = synth.corpus_record(synth.SynthConfig(clips=8))
     assert record["sentences"] == "data/sv_sentences.txt"
     assert record["sentences_sha256"] == sha256_file(synth.SENTENCES)
-    assert str(synth.CHECKOUT) not in json.dumps(record)
+    assert str(synth.SHIPPED) not in json.dumps(record)
 
 
 def _claim_corpus(folder, cfg):

@@ -18,6 +18,7 @@ from whisper_sv.models.lora import LoraSettings, target_pattern
 from whisper_sv.training.config import build_config
 
 ROOT = Path(__file__).resolve().parents[1]
+PRESETS = ROOT / "src" / "whisper_sv" / "configs"  # the presets that ship in the package
 
 
 def _tensors(path):
@@ -48,7 +49,7 @@ def test_a_quantized_base_is_refused_on_a_cpu(tmp_path, sv_stores, capsys):
 
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA: the refusal is for CPU-only machines")
-    code = main(["train", str(ROOT / "configs" / "tiny.json"), "--train_data", str(sv_stores["train"]),
+    code = main(["train", str(PRESETS / "tiny.json"), "--train_data", str(sv_stores["train"]),
                  "--output_dir", str(tmp_path / "run"), "--lora", '{"quantization": "8bit"}'])
     err = capsys.readouterr().err
     assert code == 2 and "needs a CUDA GPU" in err and len(err.splitlines()) == 1
@@ -60,13 +61,13 @@ def test_every_preset_in_configs_loads_and_validates():
     from whisper_sv.training.config import load_config
 
     kinds = []
-    for path in sorted((ROOT / "configs").glob("*.json")):
+    for path in sorted((PRESETS).glob("*.json")):
         is_search = "space" in json.loads(path.read_text())  # a search config names its space
         (load_search_config if is_search else load_config)(path)
         kinds.append(is_search)
     assert False in kinds and True in kinds
     # The large-v3 Colab preset is the peft recipe: LoRA r 32, alpha 64 on q/v of both stacks, 8-bit base.
-    cfg = load_config(ROOT / "configs" / "colab-large-lora.json")
+    cfg = load_config(PRESETS / "colab-large-lora.json")
     assert cfg.model == "openai/whisper-large-v3" and cfg.precision == "fp16"
     assert cfg.lora == {"r": 32, "alpha": 64, "dropout": 0.05, "target_modules": ["q_proj", "v_proj"],
                         "part": "both", "quantization": "8bit"}
@@ -115,7 +116,7 @@ def test_adapter_init_is_drawn_from_the_seed_alone():
 
 
 def _train_cmd(out, stores, lora_dropout=0.0, **extra):
-    cmd = [sys.executable, "-m", "whisper_sv.cli", "train", str(ROOT / "configs" / "tiny.json"),
+    cmd = [sys.executable, "-m", "whisper_sv.cli", "train", str(PRESETS / "tiny.json"),
            "--train_data", str(stores["train"]), "--eval_data", str(stores["dev"]), "--output_dir", str(out),
            "--lora", json.dumps({"r": 4, "alpha": 8, "dropout": lora_dropout})]
     for key, value in extra.items():

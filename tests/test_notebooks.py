@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import ast
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -65,9 +64,9 @@ def test_notebook_executes(name, tmp_path):
     import nbformat
     from nbclient import NotebookClient
 
-    # The notebooks name their inputs and outputs relative to the repository root (configs/*.json
-    # in, corpus/ features/ runs/ img/ out): a copy of configs/ and an empty img/ stand in for it.
-    shutil.copytree(ROOT / "configs", tmp_path / "configs")
+    # The notebooks name their outputs relative to the working folder (corpus/ features/ runs/ img/
+    # out) and their presets as configs/NAME.json, which resolves to the preset that ships with the
+    # package from any folder: an empty folder with an empty img/ stands in for the repository.
     (tmp_path / "img").mkdir()
     nb = nbformat.read(ROOT / name, as_version=4)
     NotebookClient(nb, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()

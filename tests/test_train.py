@@ -15,20 +15,21 @@ from whisper_sv.training.collator import SpeechCollator, with_cached_encoder
 from whisper_sv.training.config import TRAINING_DEFAULTS, build_config, load_config, parse_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
+PRESETS = ROOT / "src" / "whisper_sv" / "configs"  # the presets that ship in the package
 
 
 def test_overrides_and_presets():
     assert parse_overrides(["--max_steps", "10", "--freeze-encoder", "true", "--model=openai/whisper-small"]) == {
         "max_steps": 10, "freeze_encoder": True, "model": "openai/whisper-small",
     }
-    cfg = load_config(ROOT / "configs" / "colab-small.json")
+    cfg = load_config(PRESETS / "colab-small.json")
     args = cfg.training_arguments()
     assert cfg.model == "openai/whisper-small"
     assert (args["learning_rate"], args["warmup_steps"], args["max_steps"]) == (1e-5, 500, 4000)
     assert (args["per_device_train_batch_size"], args["eval_steps"]) == (16, 1000)
     assert cfg.precision == "fp16"
     for name in ("tiny", "cpu-demo", "colab-small"):
-        load_config(ROOT / "configs" / f"{name}.json")  # every preset is valid
+        load_config(PRESETS / f"{name}.json")  # every preset is valid
 
 
 def test_typos_and_missing_keys_say_what_to_do():
@@ -62,7 +63,7 @@ def test_collator_pads_with_each_clips_floor_and_masks_labels():
 
 
 def _train_cmd(out, stores, **extra):
-    cmd = [sys.executable, "-m", "whisper_sv.cli", "train", str(ROOT / "configs" / "tiny.json"),
+    cmd = [sys.executable, "-m", "whisper_sv.cli", "train", str(PRESETS / "tiny.json"),
            "--train_data", str(stores["train"]), "--eval_data", "null", "--output_dir", str(out)]
     for key, value in extra.items():
         cmd += [f"--{key}", json.dumps(value)]
@@ -161,7 +162,7 @@ def test_train_evaluates_writes_final_card_curves_and_refuses_foreign_features(s
     from whisper_sv.features.build import build_features
     from whisper_sv.training.train import train
 
-    cfg = load_config(ROOT / "configs" / "tiny.json", {
+    cfg = load_config(PRESETS / "tiny.json", {
         "train_data": str(sv_stores["train"]), "eval_data": str(sv_stores["dev"]),
         "output_dir": str(tmp_path / "run"), "max_steps": 2, "eval_steps": 2, "save_steps": 2,
         "figure": str(tmp_path / "img" / "train.png"),
@@ -394,7 +395,7 @@ def test_bf16_on_a_cpu_trains_under_autocast_and_saves_float32(sv_stores, tmp_pa
         def on_train_begin(self, args, state, control, model=None, **kwargs):
             model.model.decoder.layers[0].fc1.register_forward_hook(lambda m, i, out: seen.add(out.dtype))
 
-    cfg = load_config(ROOT / "configs" / "tiny.json", {
+    cfg = load_config(PRESETS / "tiny.json", {
         "train_data": str(sv_stores["train"]), "eval_data": str(sv_stores["dev"]),
         "output_dir": str(tmp_path / "run"), "max_steps": 2, "eval_steps": 2, "save_steps": 2, "figure": None,
         "precision": "bf16", "freeze_encoder": True, "encoder_cache": "states", "encoder_cache_dtype": "int8",

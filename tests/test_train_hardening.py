@@ -15,7 +15,8 @@ from whisper_sv.cli import main
 from whisper_sv.training.config import EVAL_KEYS, HARMLESS_KEYS, load_config, toolkit_keys, training_argument_names, weight_changes
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = str(ROOT / "configs" / "tiny.json")
+PRESETS = ROOT / "src" / "whisper_sv" / "configs"  # the presets that ship in the package
+TINY = str(PRESETS / "tiny.json")
 
 
 def _train_cli(capsys, *args: str) -> tuple[int, str, str]:

@@ -48,8 +48,6 @@ from .synth.corpus import SynthConfig, synthesize
 from .training.config import load_config
 from .training.train import train
 
-CONFIGS = Path(__file__).resolve().parents[2] / "configs"
-
 
 @dataclass(frozen=True)
 class DemoConfig:
@@ -62,7 +60,7 @@ class DemoConfig:
     # out none; the default needs MBROLA (without it the demo holds out no one and says so).
     holdout_speaker: str = "mbrola-sw2"
     realism: bool = True  # noise, rooms, telephone, level and speed changes (synth's --realism); false: clean clips
-    preset: str = str(CONFIGS / "cpu-demo.json")  # the training recipe
+    preset: str = "cpu-demo"  # the training recipe: a JSON file or a preset that ships (whisper_sv/configs)
     eval_clips: int = 100  # test clips scored before and after
     workers: int = 2  # processes for the corpus and the features
     figure: str | None = "img/demo.png"  # the before/after table as a picture; null: none

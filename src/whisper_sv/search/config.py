@@ -37,6 +37,7 @@ from ..audio.logmel import Smoothing
 from ..common.errors import UserError, check_field_types, is_user_error, one_line, with_closest
 from ..common.fileio import write_json
 from ..common.locks import folder_lock
+from ..common.presets import packaged_presets, preset_path
 from ..data.feature_config import FeatureConfig
 from ..models.lora import LoraSettings
 from ..training.config import build_config, toolkit_keys, training_argument_names
@@ -348,10 +349,11 @@ def check_features_source(cfg: SearchConfig) -> None:
 
 
 def load_search_config(path: str | Path, overrides: dict[str, Any] | None = None) -> SearchConfig:
-    """Read a search config; its ``preset`` (a training preset file, relative to the config's
-    folder or the working directory) is merged under its ``train`` values. `overrides` set search
-    settings (``trials``, ``study_dir``, ...) by name and training keys otherwise."""
-    path = Path(path)
+    """Read a search config (a JSON file or the name of one that ships, `common.presets`); its
+    ``preset`` (a training preset file beside the config or in the working directory, else one
+    that ships) is merged under its ``train`` values. `overrides` set search settings (``trials``,
+    ``study_dir``, ...) by name and training keys otherwise."""
+    path = preset_path(path)
     values = _read_json_object(path, "the search config")
     train: dict[str, Any] = {}
     preset = values.pop("preset", None)
@@ -359,9 +361,9 @@ def load_search_config(path: str | Path, overrides: dict[str, Any] | None = None
         raise UserError(f"{path}: preset={preset!r}: give the training preset's file name, e.g. \"cpu-demo.json\"")
     if preset:
         found = next((p for p in (path.parent / preset, Path(preset)) if p.is_file()), None)
-        if found is None:
-            raise UserError(f"{path}: preset {preset!r} not found beside it or in the working directory")
-        train.update(_read_json_object(found, "the training preset"))
+        if found is None and Path(preset).name.removesuffix(".json") not in packaged_presets():
+            raise UserError(f"{path}: preset {preset!r} not found beside it, in the working directory or among the presets that ship")
+        train.update(_read_json_object(found or preset_path(preset), "the training preset"))
     extra = values.pop("train", {})
     if not isinstance(extra, dict):
         raise UserError(f"{path}: train={extra!r}: give an object of training keys, e.g. {{\"max_steps\": 60}}")

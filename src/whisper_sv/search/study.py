@@ -549,7 +549,7 @@ def add_cli(sub) -> None:
         description="Run (or continue) a study until N trials are finished. Start the same command on several "
         "machines with one --storage to share the work; re-run it after a crash to continue.",
     )
-    p.add_argument("config", help="search config JSON, e.g. configs/search-tiny.json")
+    p.add_argument("config", help="a search config JSON, or the name of one that ships: search-tiny, search-cpu")
     add_options(p, SearchConfig, skip=("train", "space"), aliases={"study_name": "--study"},
                 title="search settings (override the config's)")
     p.add_argument("--repair-journal", action="store_true",

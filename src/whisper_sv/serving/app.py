@@ -876,12 +876,12 @@ def _build_blocks(gr, cfg: AppConfig, transcriber: Transcriber, continuer: Conti
 
 def blocked_paths(upload_dir: str | Path) -> list[str]:
     """What the server must never serve: the upload folder's marker (its owner's PID), this working
-    folder and the model cache (unless the upload folder lives inside one of them, which would block
+    folder, the installed package and the model cache (unless the upload folder lives inside one of them, which would block
     the uploads themselves). Gradio serves only its cache folder, the app's own upload folder, anyway."""
     from ..models.packaged import cache_root
 
     upload_dir = Path(upload_dir).resolve()
-    candidates = [Path.cwd().resolve(), cache_root().resolve(), Path(__file__).resolve().parents[3]]
+    candidates = [Path.cwd().resolve(), cache_root().resolve(), Path(__file__).resolve().parents[1]]  # parents[1]: the package
     return sorted({str(upload_dir / UPLOADS_MARKER)} | {str(p) for p in candidates if not upload_dir.is_relative_to(p)})
 
 

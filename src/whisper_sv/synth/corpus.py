@@ -26,6 +26,7 @@ import signal
 import sys
 import threading
 from dataclasses import asdict, dataclass, field
+from importlib import resources
 from multiprocessing import get_context
 from pathlib import Path
 
@@ -52,10 +53,11 @@ from ..data.voices import (
     speak,
 )
 
-CHECKOUT = Path(__file__).resolve().parents[3]
-BUNDLED_SENTENCES = "data/sv_sentences.txt"  # as synth.json names the copy that ships with the code
-SENTENCES = CHECKOUT / BUNDLED_SENTENCES
-_BUNDLED = re.compile(r"data/[A-Za-z0-9-]+_sentences\.txt")  # data/<language>_sentences.txt, as synth.json names them
+# The CC0 sentence lists that ship inside the package (synth/sentences/, with their licence note).
+SHIPPED = Path(str(resources.files("whisper_sv.synth") / "sentences")).resolve()
+BUNDLED_SENTENCES = "data/sv_sentences.txt"  # how configs and synth.json name the Swedish list that ships
+SENTENCES = SHIPPED / "sv_sentences.txt"
+_BUNDLED = re.compile(r"data/([A-Za-z0-9-]+_sentences\.txt)")  # data/<language>_sentences.txt: a list that ships
 LOCALES = {"sv": "sv-SE"}  # Common Voice's locale of a language where it is not the code itself
 RECORD_NAME = "synth.json"
 CLIP_RATE = 48000  # Common Voice ships 48 kHz MP3
@@ -115,7 +117,7 @@ class SynthConfig:
         check_language(self.language)
         if not self.sentences:
             bundled = f"data/{self.language}_sentences.txt"
-            if not (CHECKOUT / bundled).is_file():
+            if not (SHIPPED / Path(bundled).name).is_file():
                 raise ValueError(f"language={self.language!r}: no sentences ship for it ({bundled}); give --sentences FILE, one sentence per line")
             object.__setattr__(self, "sentences", bundled)
         # Written in one spelling, so "mbrola,espeak" and "espeak, mbrola" are the same corpus.
@@ -167,28 +169,26 @@ class ClipJob:
 
 
 def sentences_file(sentences: str | Path) -> Path:
-    """The file a config's ``sentences`` names: `BUNDLED_SENTENCES` (and the other bundled
-    ``data/<language>_sentences.txt``) is this checkout's copy."""
-    name = str(sentences)
-    if name == BUNDLED_SENTENCES:
-        return SENTENCES
-    if _BUNDLED.fullmatch(name) and (CHECKOUT / name).is_file():
-        return CHECKOUT / name
+    """The file a config's ``sentences`` names: ``data/<language>_sentences.txt`` (`BUNDLED_SENTENCES`
+    and the others) is the list that ships inside the package, wherever it is installed; any other
+    name is a path."""
+    shipped = _BUNDLED.fullmatch(str(sentences))
+    if shipped and (SHIPPED / shipped.group(1)).is_file():
+        return SHIPPED / shipped.group(1)
     return Path(sentences)
 
 
 def _shown_name(path: Path) -> str:
-    """How synth.json names a sentences file: a bundled one relative to the checkout, any other by its path."""
-    bundled = f"data/{path.name}"
-    return bundled if _BUNDLED.fullmatch(bundled) and path == CHECKOUT / bundled else str(path)
+    """How synth.json names a sentences file: one that ships as ``data/<name>``, any other by its path."""
+    return f"data/{path.name}" if path == SHIPPED / path.name else str(path)
 
 
 def corpus_record(cfg: SynthConfig) -> dict:
     """What ``synth.json`` records: the config, with the sentences file named and hashed.
 
-    The bundled file is named relative to the checkout (``data/sv_sentences.txt``) and any other
-    by its absolute path; only the sha256 is compared, so a corpus made by another checkout (or a
-    moved one) from the same sentences is resumed, and one made from other sentences is refused.
+    A list that ships is named ``data/<language>_sentences.txt`` and any other file by its absolute
+    path; only the sha256 is compared, so a corpus made by another install (or a moved one) from
+    the same sentences is resumed, and one made from other sentences is refused.
     Fields at their `LEGACY_VALUES`, and the realism knobs while realism is off, are left out.
     """
     path = sentences_file(cfg.sentences).resolve()

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..common.errors import check_field_types, check_value_types, with_closest
+from ..common.presets import preset_path
 from ..models.encoder_window import check_window_s
 from ..models.lora import LoraSettings
 from ..models.specs import DEFAULT_MODEL, check_model_spec
@@ -315,11 +316,11 @@ def build_config(values: dict[str, Any]) -> TrainConfig:
 
 
 def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> TrainConfig:
-    """Read a preset (or none) and apply overrides on top."""
+    """Read a preset (a JSON file or the name of one that ships, `common.presets`; or none) and apply overrides on top."""
     values: dict[str, Any] = {}
     if path is not None:
         try:
-            values = json.loads(Path(path).read_text())
+            values = json.loads(preset_path(path).read_text())
         except json.JSONDecodeError as err:
             raise ValueError(f"{path}: not valid JSON ({err})") from err
         if not isinstance(values, dict):

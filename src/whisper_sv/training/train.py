@@ -476,7 +476,7 @@ def add_cli(sub) -> None:
         epilog="Any Seq2SeqTrainingArguments field is a key too (--max_steps 100, --learning_rate 1e-4); "
         f"this toolkit's defaults for them: {defaults}.",
     )
-    p.add_argument("config", help="JSON preset, e.g. configs/cpu-demo.json")
+    p.add_argument("config", help="a JSON preset, or the name of one that ships: tiny, cpu-demo, colab-small, colab-large-lora")
     add_options(p, TrainConfig, skip=("training",), title="TrainConfig keys")
     p.set_defaults(func=_run_cli, takes_training_keys=True)
 
