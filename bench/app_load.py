@@ -5,7 +5,7 @@ request); the app is served in this process on 127.0.0.1 with the default backen
 queue and concurrency limits. Writes bench/out/app_load.json and prints the Markdown row for
 docs/benchmarks.md. tests/test_app_load.py runs `run_load` with 20 clients.
 
-With ``--hostile`` each client alternates a valid request with a hostile one (issue #13: bombs,
+With ``--hostile`` each client alternates a valid request with a hostile one (bombs,
 a 655 kHz FLAC, a playlist naming a server file, random bytes, oversize text, an oversize body,
 a multi-file upload, an absurd temperature): every valid request must succeed, every hostile one
 be refused with a message; the app process's peak RSS is sampled. Writes app_load_hostile.json.

@@ -1,4 +1,4 @@
-"""Feature pipeline vs the standard recipe, same clips, same machine, one run (issue #3).
+"""Feature pipeline vs the standard recipe, same clips, same machine, one run.
 
     python bench/features.py [--clips 2000] [--sizes 500 2000] [--workers 2] [--memory 1000 10000]
 

@@ -1,11 +1,11 @@
-"""LoRA against the cpu-demo recipe at equal wall time on this CPU (issue #14).
+"""LoRA against the cpu-demo recipe at equal wall time on this CPU.
 
 Three arms train the packaged Whisper base on the same clips for the same wall time (the whole
 train stage: model loading, any encoder cache, the steps):
 
 * ``cpu-demo``: configs/cpu-demo.json as it is (encoder frozen and cached, embeddings frozen, the
   rest of the decoder trains; lr 2e-4). The table in docs/benchmarks.md was measured with the
-  recipe of then: a ``cross_kv`` cache, float32 training; since issue #11's run 5 the preset
+  recipe of then: a ``cross_kv`` cache, float32 training; since the diphone-voices demo's run 5 the preset
   caches ``states`` and trains under bf16;
 * ``lora-decoder``: the same cached encoder, LoRA r 32 / alpha 64 on the decoder's q_proj and
   v_proj (with a ``cross_kv`` cache the cross-attention's v stays as cached), lr 1e-3;
@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "bench" / "out"
 RECIPE = ROOT / "configs" / "cpu-demo.json"
 ARMS = ("cpu-demo", "lora-decoder", "lora-both")
-# The cpu-demo recipe's recorded train stage (docs/benchmarks.md, issue #11, run 7): cache, loading, 650 steps.
+# The cpu-demo recipe's recorded train stage (docs/benchmarks.md, run 7): cache, loading, 650 steps.
 DEMO_SECONDS = 627
 
 

@@ -145,7 +145,7 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     # The corpus the recorded ablation ran on (docs/benchmarks.md): espeak-ng's voices, clean. Not the
-    # demo's corpus since issue #11 (both voice families, realism), so it gets a folder of its own.
+    # demo's corpus (both voice families, realism), so it gets a folder of its own.
     corpus = synthesize(args.corpus, SynthConfig(clips=args.clips or SynthConfig.clips, seed=0, voices="espeak", realism=False), 2)
     preset = json.loads((ROOT / "configs" / "cpu-demo.json").read_text())
     preset.update(max_train_samples=args.train_clips, max_steps=args.max_steps, eval_steps=args.eval_steps)

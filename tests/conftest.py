@@ -1,6 +1,6 @@
 """Shared fixtures: a small synthetic Swedish corpus, built once per test session; the folder
 ``make figures`` asks the figure-making tests to write to; and a check that a test session leaves
-the repository as it found it (issue #12)."""
+the repository as it found it."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
-"""A real browser on the app (issue #5): Debian's Chromium driven by Playwright loads the page,
+"""A real browser on the app: Debian's Chromium driven by Playwright loads the page,
 uploads a Swedish clip, sees the transcript and takes a screenshot: into the test's temporary folder,
-or to FOLDER/app.png with ``--figures-dir FOLDER`` (`make figures` passes img/, issue #12: a test
+or to FOLDER/app.png with ``--figures-dir FOLDER`` (`make figures` passes img/: a test
 run never writes into the repository).
 
 `make setup` installs both (apt: chromium; pip: playwright). Playwright's own browser download

@@ -1,4 +1,4 @@
-"""The app against hostile and clumsy requests (issue #13, items 1-7), through gradio_client and
+"""The app against hostile and clumsy requests, through gradio_client and
 plain HTTP on loopback: a playlist named ``x.mp3`` is refused and the file it names never opened;
 request costs are bounded (text, files and bytes per upload, decoded samples, generation settings);
 uploads are deleted; every error is a message, never ``null``; refusals log one line.
@@ -84,7 +84,7 @@ def stored(folder: Path) -> list[Path]:
 
 def test_playlist_named_mp3_is_refused_and_the_file_it_names_is_never_opened(client, server, clip, tmp_path):
     """The playlist names a FIFO: a reader opening it is seen by a writer waiting on the other end,
-    which then feeds it real speech (on 7cf0c72 ffmpeg followed the playlist and the uploader got
+    which then feeds it real speech (before the fix ffmpeg followed the playlist and the uploader got
     the server file's transcript back)."""
     secret = tmp_path / "secret.mp3"
     os.mkfifo(secret)
@@ -229,7 +229,7 @@ def test_flac_at_655_khz_is_refused_without_decoding(client, flac_655k):
 
 def test_high_rate_audio_is_resampled_while_it_decodes(tmp_path):
     """60 s of 96 kHz stereo: the whole decode holds little more than the 3.8 MB of 16 kHz output
-    (7cf0c72 held the 23 MB mono mix and its copies first)."""
+    (the app once held the 23 MB mono mix and its copies first)."""
     import tracemalloc
 
     path = tmp_path / "hires.flac"

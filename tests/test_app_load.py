@@ -1,4 +1,4 @@
-"""Load on loopback (issue #5): 20 concurrent gradio_client clients all served, with no errors; and
+"""Load on loopback: 20 concurrent gradio_client clients all served, with no errors; and
 the queue limits hold (one request per model at a time, a full queue turns away). Speed is measured
 by bench/app_load.py, not asserted here."""
 

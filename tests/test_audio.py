@@ -68,7 +68,7 @@ def test_ffmpeg_fallback_reads_what_libsndfile_cannot(tmp_path):
 
 
 def test_container_is_judged_by_its_bytes_and_playlists_are_refused(tmp_path):
-    """A playlist or concat list is not audio whatever its name (issue #13); real formats are
+    """A playlist or concat list is not audio whatever its name; real formats are
     recognised from their first bytes under any name."""
     import shutil
     import subprocess

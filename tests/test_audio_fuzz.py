@@ -1,4 +1,4 @@
-"""Fuzz the audio loader (issue #13): over 300 malformed files, made on the fly, each decoded by
+"""Fuzz the audio loader: over 300 malformed files, made on the fly, each decoded by
 `load_audio` with the app's cap in a worker process that the test watches.
 
 Files: truncated, bit-flipped and header-mangled WAV (int16 and float), MP3, FLAC, OGG and M4A; the

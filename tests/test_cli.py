@@ -1,5 +1,5 @@
 """The ``whisper-sv`` shell: its subcommands, checked against a list written here rather than the
-list the parser is built from (issue #12), and its one-line errors."""
+list the parser is built from, and its one-line errors."""
 
 import argparse
 import re
@@ -47,7 +47,7 @@ def test_an_unknown_subcommand_is_one_line_and_exit_2(capsys):
 
 
 def test_app_refuses_a_host_it_cannot_listen_on_in_one_line(capsys):
-    """Gradio would load both models and then say "Cannot find empty port" (issue 13, item 13)."""
+    """Gradio would load both models and then say "Cannot find empty port"."""
     assert main(["app", "--host", "999.1.1.1"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--host '999.1.1.1' is not an address of this machine" in err

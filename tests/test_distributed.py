@@ -1,4 +1,4 @@
-"""Training under torchrun and accelerate launch (issue #14): two gloo processes on the CPU.
+"""Training under torchrun and accelerate launch: two gloo processes on the CPU.
 
 The launchers start the unchanged command (``-m whisper_sv.cli train ...``) on the tiny preset. A
 two-process run with 2 clips per process is compared with a one-process run with 4: the same clips

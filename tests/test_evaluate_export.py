@@ -76,7 +76,7 @@ def test_export_refuses_unknown_quantization_and_foreign_folders(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------
-# Per speaker and per voice family (issue #11).
+# Per speaker and per voice family.
 
 
 def test_per_speaker_and_per_family_counts_add_up_to_the_totals():

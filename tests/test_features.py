@@ -1,4 +1,4 @@
-"""The feature pipeline (issue #3): exact log-mels, crash-safe shards, rejects with reasons."""
+"""The feature pipeline: exact log-mels, crash-safe shards, rejects with reasons."""
 
 from __future__ import annotations
 
@@ -144,7 +144,7 @@ def test_a_shard_holds_typed_rows_and_reads_them_back(tmp_path):
 
 
 def test_a_store_written_before_the_clip_id_column_still_reads_and_resumes_in_its_format(tmp_path, sv_corpus):
-    """Stores written before issue #12 (format 1) name the clip id column `path`. They still read,
+    """Stores of format 1 (the first) name the clip id column `path`. They still read,
     the column as `clip_id`, and a run that finishes one writes its missing shards as format 1 too,
     so no store mixes the two names."""
     out = tmp_path / "store"

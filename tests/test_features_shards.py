@@ -1,4 +1,4 @@
-"""Issue #14: the ``--num-shards`` runs of one source merge into the store a one-machine run writes.
+"""The ``--num-shards`` runs of one source merge into the store a one-machine run writes.
 
 The corpus is made here (11 rows of short generated WAVs, one missing clip and one empty
 transcript, so the merged rejects are checked too) and cut into shards of 3: four shards, of

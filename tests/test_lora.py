@@ -1,4 +1,4 @@
-"""LoRA fine-tuning (issue #14): only the adapter trains, final/ is a plain merged Whisper, resume is exact."""
+"""LoRA fine-tuning: only the adapter trains, final/ is a plain merged Whisper, resume is exact."""
 
 from __future__ import annotations
 

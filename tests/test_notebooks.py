@@ -1,6 +1,6 @@
 """Every notebook is committed clean (no outputs, no library code in cells) and runs top to bottom
 on its small default configuration (nbdev hygiene), in a temporary folder: the corpora, feature
-stores, runs and figures it writes never land in the repository (issue #12)."""
+stores, runs and figures it writes never land in the repository."""
 
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ def test_the_four_pipelines_have_notebooks():
 
 def test_defined_names_sees_a_def_in_either_source_layout():
     """The check below must be able to fail: a `def` or `class` in a list of lines or in one string
-    is found (7cf0c72 looked for "def " among whole lines, which never matched)."""
+    is found (an earlier check looked for "def " among whole lines, which never matched)."""
     as_lines = ["import numpy as np\n", "def smooth(x):\n", "    return x\n"]
     assert defined_names(as_lines) == ["smooth"]
     assert defined_names("".join(as_lines)) == ["smooth"]

@@ -1,7 +1,7 @@
-"""Issue #13, pipeline side (items 8-13): the feature store never doubles a row or trains on a wrong
+"""The pipeline against clumsy input and crashes: the feature store never doubles a row or trains on a wrong
 label, and every CLI user error is one line on stderr with exit code 2.
 
-Each test here failed on 7cf0c72 (the commit the issue was filed against), except two guards
+Each test here failed on the code before these fixes, except two guards
 that keep the fixes honest: a dead writer's lock is taken over, and a bug keeps its traceback.
 """
 

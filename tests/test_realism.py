@@ -1,4 +1,4 @@
-"""The acoustic effects of the synthetic corpus (issue #11): each does what its knob says, and a
+"""The acoustic effects of the synthetic corpus: each does what its knob says, and a
 seed gives the same effects and the same samples."""
 
 import numpy as np

@@ -84,7 +84,7 @@ def test_interrupted_run_is_finished(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------
-# Speakers, held-out speakers and acoustic realism (issue #11).
+# Speakers, held-out speakers and acoustic realism.
 
 
 def _mbrola_installed() -> bool:
@@ -143,7 +143,7 @@ def _pinned_environment() -> tuple:
     return espeak, sf.__libsndfile_version__, soxr.__version__, platform.machine()
 
 
-# The corpus HEAD made before issue #11 for clips=8, seed=3 (computed with that code): its text files
+# The corpus that code made before voice families and realism existed, for clips=8, seed=3 (computed with that code): its text files
 # (TSVs, synth.json, README.md) anywhere with the same sentences, and every byte with the toolchain
 # it was made with (espeak-ng, libsndfile, soxr and CPU architecture change the MP3s).
 BEFORE_ISSUE_11 = {

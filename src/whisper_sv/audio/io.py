@@ -3,7 +3,7 @@
 Every path into the model goes through `load_audio`: a file path, raw bytes, or a decoded
 ``{"array", "sampling_rate"}`` dict (Hub datasets) becomes 16 kHz mono float32 in [-1, 1].
 
-Encoded input is decoded as audio only (issue #13): the container is identified from its first
+Encoded input is decoded as audio only: the container is identified from its first
 bytes, never its name, and only the formats in `AUDIO_FORMATS` reach a decoder. ffmpeg is told
 that format (``-f``) and may open nothing but the one file or pipe (``-protocol_whitelist``), so
 a playlist, concat list or other file that names further files or URLs is refused, not followed.
@@ -36,7 +36,7 @@ N_FRAMES = N_SAMPLES // HOP_LENGTH  # 3000 mel frames in a 30 s window
 # early and a file with hundreds of channels still reads 4 MB at a time.
 _BLOCK_SAMPLES = 1 << 20
 # Rates outside this range are not recordings of speech (384 kHz is the highest any audio
-# interface records); a 655,350 Hz FLAC of silence is a memory bomb, not a clip (issue #13).
+# interface records); a 655,350 Hz FLAC of silence is a memory bomb, not a clip.
 MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 1000, 384_000
 # With `max_seconds`, at most this many samples per second (all channels) are decoded: 48 kHz
 # stereo. Real uploads under the size limit never come close; bombs stop here.
@@ -246,7 +246,7 @@ def _finish(array: np.ndarray, name: str) -> np.ndarray:
     if not np.all(np.isfinite(array)):
         raise AudioError("undecodable", f"{name}: the audio holds NaN or infinite samples")
     peak = float(np.abs(array).max())
-    if peak > 1.0:  # float audio past full scale, e.g. a float WAV at int16 scale (issue #13)
+    if peak > 1.0:  # float audio past full scale, e.g. a float WAV at int16 scale
         array = array / peak
     return np.ascontiguousarray(array, dtype=np.float32)
 

@@ -1,4 +1,4 @@
-"""Acoustic realism for the synthetic corpus (issue #11): a room, background noise, a telephone
+"""Acoustic realism for the synthetic corpus: a room, background noise, a telephone
 line, a recording level and a speaking speed, drawn per clip.
 
 A clean synthetic clip is the same sound every time a sentence is said; real recordings differ in

@@ -10,8 +10,8 @@ Format history (`FORMAT_VERSION`, saved in each store's ``feature_config.json``)
    Voice file name, a Hub audio path or row id), not a path. Such stores are still read (the
    column renamed to ``clip_id``), and the pipeline finishes one in its own format, so a store
    never mixes the two names.
-2. (issue #12) the same column is ``clip_id``.
-3. (issue #11) a last column, ``speaker``: the source's speaker id (`sources.Example.speaker`), so
+2. the same column is ``clip_id``.
+3. a last column, ``speaker``: the source's speaker id (`sources.Example.speaker`), so
    evaluation can score per speaker and voice family. Stores of formats 1 and 2 read with
    speaker "" in every row, and are finished in their own format (no ``speaker`` column), as
    format 1 stores are.

@@ -1,4 +1,4 @@
-"""Merging the ``--num-shards`` runs of one source into the store a one-machine run writes (issue #14).
+"""Merging the ``--num-shards`` runs of one source into the store a one-machine run writes.
 
 n machines each run ``whisper-sv features --num-shards n --shard-index i``, into one shared folder
 or each into its own. Shard k holds the same clips under the same config whichever machine made

@@ -146,7 +146,7 @@ def apply_lora(model, settings: LoraSettings, cached_cross_kv: bool = False, see
     Each ``lora_A`` starts as a random draw (``lora_B`` as zeros), so the draw is made from `seed`
     (the run's ``seed``): the torch generator of a fresh process is seeded at random, and an
     unseeded init made two runs of one preset, or a killed run and its uninterrupted twin, train
-    different adapters (issue #14: the merged weights differed by up to 0.005 on the tiny preset).
+    different adapters (the merged weights differed by up to 0.005 on the tiny preset).
     The global generator is left as it was.
     """
     import torch

@@ -5,7 +5,7 @@ Any Hugging Face causal LM works, by Hub id or local folder (``AutoModelForCausa
 loaded lazily on the first request, and a model that is missing or cannot be loaded offline turns
 into a plain message on the page instead of an error, so the app still transcribes.
 
-Every request has a bounded cost (issue #13): text over `MAX_TEXT_CHARS` is refused before it is
+Every request has a bounded cost: text over `MAX_TEXT_CHARS` is refused before it is
 tokenised, only its last `MAX_PROMPT_CHARS` characters are tokenised, and the new tokens are
 clamped to half the model's context, so no setting the API accepts can index past it.
 """
