@@ -18,8 +18,9 @@ import soundfile as sf
 
 from whisper_sv.cli import main
 from whisper_sv.common.errors import UserError
+from whisper_sv.common.locks import FileLock
 from whisper_sv.data.feature_config import FeatureConfig
-from whisper_sv.data.feature_store import FeatureStore, StoreLock
+from whisper_sv.data.feature_store import FeatureStore
 from whisper_sv.data.sources import CV_HEADER
 from whisper_sv.features import shard_merge
 from whisper_sv.features.build import build_features
@@ -192,7 +193,7 @@ def test_a_damaged_copy_is_refused(tmp_path, two_folders):
 
 def test_a_run_still_writing_is_refused(tmp_path, two_folders):
     shared = _copy(two_folders[0], tmp_path / "shared")
-    lock = StoreLock(shared / ".manifest-1-of-2.lock")
+    lock = FileLock(shared / ".manifest-1-of-2.lock")
     assert lock.acquire()
     try:
         with pytest.raises(UserError, match="still being written by PID"):

@@ -14,7 +14,7 @@ folder, a report) through this module, so the guarantee is written once:
   once, and a later run asking for another is refused in one line naming what differs
   (`claim_folder`), rather than mixing two configurations in one folder.
 
-The standard library only (and `errors`): every layer above may use it.
+The standard library (with `errors`, and psutil for process liveness): every layer above may use it.
 """
 
 from __future__ import annotations
@@ -28,10 +28,13 @@ import shutil
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterator, Mapping
 
+import psutil
+
 from .errors import UserError
 
 COPY_CHUNK = 1 << 22  # 4 MiB: big enough to be fast, small enough to keep memory flat (a 145 MB model.bin)
 TEMP_SUFFIX = ".tmp"
+START_TOLERANCE_S = 1.0  # create_time is rounded (to clock ticks on Linux): a PID whose start differs more was reused
 _ABSENT = object()
 
 
@@ -117,21 +120,26 @@ def sha256_file(path: str | Path) -> str:
 # Litter of killed writers
 
 
-def pid_is_alive(pid: int) -> bool:
-    """Whether process `pid` runs on this machine (a zombie, killed but not yet reaped, does not)."""
+def pid_is_alive(pid: int, started: float | None = None) -> bool:
+    """Whether process `pid` runs on this machine: it exists and is no zombie (killed, not yet reaped).
+
+    With `started` (the process's psutil ``create_time``, recorded when it was alive), a process
+    under that PID that started at another time (more than `START_TOLERANCE_S` apart) is another
+    one: the PID was reused. Someone else's process we may not inspect counts as alive.
+    """
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        if pid <= 0 or not psutil.pid_exists(pid):
+            return False
+        proc = psutil.Process(pid)
+        if started is not None and abs(proc.create_time() - started) > START_TOLERANCE_S:
+            return False
+        return proc.status() not in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD)
+    except OverflowError:  # no PID is that big
         return False
-    except PermissionError:
+    except psutil.NoSuchProcess:  # it ended meanwhile (psutil.ZombieProcess is one)
+        return False
+    except psutil.AccessDenied:
         return True
-    except OverflowError:
-        return False
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return True  # no /proc (macOS): kill(0) is all there is
-    return state not in ("Z", "X")
 
 
 def remove_dead_temp_files(folder: str | Path) -> list[Path]:

@@ -29,21 +29,17 @@ rather than doubling rows.
 
 from __future__ import annotations
 
-import datetime
 import json
-import logging
 import os
 import re
-import socket
 from pathlib import Path
 from typing import Any, Iterator
 
 from ..common.errors import UserError
 from ..common.fileio import sha256_file, write_atomic
+from ..common.locks import FileLock
 from .feature_config import FeatureConfig
 from .shard_format import ShardRow, with_current_columns
-
-log = logging.getLogger(__name__)
 
 CONFIG_NAME = "feature_config.json"
 MANIFEST_NAME = "manifest.jsonl"
@@ -231,86 +227,14 @@ def writer_lock_path(out: Path, manifest: str) -> Path:
     return out / f".{manifest.removesuffix('.jsonl')}.lock"
 
 
-class StoreLock:
-    """An exclusive ``flock`` on a file in the store; the file names its holder for whoever is refused.
-
-    The kernel drops the lock when its holder exits, however it dies (``kill -9`` included), so a
-    lock file left by a dead run is simply taken over: no PID guessing, no stale-lock timeout. The
-    PID, host and start time written into it are for the message, and for the log line of a
-    take-over. On NFS, Linux maps ``flock`` to byte-range locks the server sees, so machines that
-    share a store over NFS see each other's locks.
-    """
-
-    def __init__(self, path: Path):
-        self.path = Path(path)
-        self._fd: int | None = None
-
-    def acquire(self, wait: bool = False) -> bool:
-        """Take the lock; False when another process holds it (with `wait`, block until it is free)."""
-        import fcntl  # POSIX only, and only writers lock: reading a store works on any OS
-
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-        except BlockingIOError:
-            os.close(fd)
-            return False
-        self._fd = fd
-        left = self.holder()
-        if left and left.get("pid") != os.getpid():
-            log.warning("%s: taking over the lock of PID %s on %s, which ended without releasing it",
-                        self.path.parent, left.get("pid"), left.get("host"))
-        me = {"pid": os.getpid(), "host": socket.gethostname(), "since": datetime.datetime.now().isoformat(timespec="seconds")}
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, (json.dumps(me) + "\n").encode(), 0)
-        return True
-
-    def holder(self) -> dict[str, Any] | None:
-        """What the last holder wrote into the file (None when it released the lock or wrote nothing)."""
-        try:
-            return json.loads(self.path.read_text() or "null")
-        except (OSError, ValueError):
-            return None
-
-    def is_held(self) -> bool:
-        """Whether some other process holds the lock now (probes it without keeping it)."""
-        if self._fd is not None:
-            return False
-        if not self.path.exists():
-            return False
-        import fcntl
-
-        fd = os.open(self.path, os.O_RDONLY)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        finally:
-            os.close(fd)  # closing drops a probe lock we took
-        return False
-
-    def release(self) -> None:
-        if self._fd is None:
-            return
-        import fcntl
-
-        os.ftruncate(self._fd, 0)  # an empty file: released cleanly, nothing to take over
-        fcntl.flock(self._fd, fcntl.LOCK_UN)
-        os.close(self._fd)
-        self._fd = None
-
-    def __enter__(self) -> "StoreLock":
-        self.acquire(wait=True)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.release()
+# The store's locks are the package's one file lock (`common.locks`): an exclusive ``flock`` whose
+# file names its holder, dropped by the kernel however the holder dies, so a dead run's is taken over.
 
 
-def take_writer_lock(out: Path, shard_index: int = 0, num_shards: int = 1) -> StoreLock:
+def take_writer_lock(out: Path, shard_index: int = 0, num_shards: int = 1) -> FileLock:
     """Become the one writer of this run's manifest in `out`, or raise `StoreBusy` / `LayoutMismatch`.
 
-    Call it holding the folder's claim lock (``StoreLock(out / CLAIM_LOCK_NAME)``), so two runs never
+    Call it holding the folder's claim lock (``FileLock(out / CLAIM_LOCK_NAME)``), so two runs never
     check the layout at the same time. A layout is claimed by a manifest with committed shards or
     by a live writer: a folder whose only other runs were killed before committing anything takes
     any layout.
@@ -323,7 +247,7 @@ def take_writer_lock(out: Path, shard_index: int = 0, num_shards: int = 1) -> St
         if layout is None or layout == num_shards:
             continue
         committed = path.suffix == ".jsonl" and bool(read_manifest(path))
-        if committed or (path.suffix == ".lock" and StoreLock(path).is_held()):
+        if committed or (path.suffix == ".lock" and FileLock(path).is_held()):
             others.add((name, layout))
     if others:
         names = ", ".join(sorted(n for n, _ in others))
@@ -333,7 +257,7 @@ def take_writer_lock(out: Path, shard_index: int = 0, num_shards: int = 1) -> St
             f"{out} is filled by {' and '.join(layouts)} ({names}); {asked} would write the same shards "
             "again and double their rows. Continue with the same --num-shards, or use another --out"
         )
-    lock = StoreLock(writer_lock_path(out, own))
+    lock = FileLock(writer_lock_path(out, own))
     if not lock.acquire():
         who = lock.holder() or {}
         raise StoreBusy(

@@ -37,19 +37,19 @@ from typing import Any, Iterable
 from tqdm.auto import tqdm
 
 from ..common.errors import UserError
+from ..common.fileio import COPY_CHUNK, atomic_file, differing_keys, remove_dead_temp_files, sha256_file, write_atomic, write_json
+from ..common.locks import FileLock
 from ..data.feature_store import (
     CLAIM_LOCK_NAME,
     CONFIG_NAME,
     MANIFEST_NAME,
     LayoutMismatch,
     StoreBusy,
-    StoreLock,
     manifest_name,
     read_manifest,
     write_rejects_table,
     writer_lock_path,
 )
-from ..common.fileio import COPY_CHUNK, atomic_file, differing_keys, remove_dead_temp_files, sha256_file, write_atomic, write_json
 
 _RUN_MANIFEST = re.compile(r"manifest-(\d+)-of-(\d+)\.jsonl")
 
@@ -107,10 +107,10 @@ def merge_shards(out: str | Path, sources: Iterable[str | Path] = (), *, source:
     folders = [out.resolve()] + [f for f in folders if f != out.resolve()]
     try:
         # The claim lock for the whole merge: a run starting meanwhile waits, then finds a plain store.
-        with StoreLock(out / CLAIM_LOCK_NAME):
+        with FileLock(out / CLAIM_LOCK_NAME):
             for folder in folders:
                 _refuse_live_writers(folder)
-            merger = StoreLock(writer_lock_path(out, MANIFEST_NAME))
+            merger = FileLock(writer_lock_path(out, MANIFEST_NAME))
             if not merger.acquire():
                 raise StoreBusy(f"{out} is being written by a plain run or another merge; wait for it to finish")
             try:
@@ -190,8 +190,8 @@ def _find_runs(folder: Path) -> list[_Run]:
 
 def _refuse_live_writers(folder: Path) -> None:
     for lock in sorted(folder.glob(".manifest*.lock")):
-        if StoreLock(lock).is_held():
-            who = StoreLock(lock).holder() or {}
+        if FileLock(lock).is_held():
+            who = FileLock(lock).holder() or {}
             raise StoreBusy(
                 f"{folder} is still being written by PID {who.get('pid', '?')} on {who.get('host', '?')} "
                 f"({lock.name.lstrip('.').removesuffix('.lock')}.jsonl); wait for it to finish, then merge"

@@ -67,7 +67,7 @@ from pathlib import Path
 from typing import Any
 
 from ..common.errors import UserError
-from ..common.fileio import claim_folder, write_atomic, write_json
+from ..common.fileio import claim_folder, pid_is_alive, write_atomic, write_json
 from ..common.locks import folder_lock
 from ..common.options import add_options, options_from
 from ..training.config import build_config, parse_overrides
@@ -150,8 +150,7 @@ def is_stale(trial, stale_after_s: float, now: float | None = None) -> bool:
     now = now or time.time()
     worker = trial.user_attrs.get("worker")
     if worker and worker.get("host") == HOST and worker.get("boot") == BOOT:
-        start = _process_start(int(worker["pid"]))
-        return start is None or abs(start - float(worker.get("start") or 0)) > 1.0
+        return not pid_is_alive(int(worker["pid"]), started=float(worker.get("start") or 0))
     beat = trial.user_attrs.get("heartbeat")
     if beat is None and trial.datetime_start is not None:
         beat = trial.datetime_start.timestamp()
