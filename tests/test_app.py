@@ -1,4 +1,4 @@
-"""The Gradio app through a real client (issue #5): the named endpoints, every bad input's message,
+"""The Gradio app through a real client: the named endpoints, every bad input's message,
 HTTP 413 above the upload limit, path-traversal probes, and the continuation with a tiny GPT-2.
 
 One server per module on a free loopback port, serving the packaged base with faster-whisper int8.
@@ -23,7 +23,7 @@ from gradio_client.exceptions import AppError  # noqa: E402
 from helpers import SENTENCE, render_test_clip  # noqa: E402
 
 from whisper_sv.audio.io import SAMPLE_RATE, load_audio  # noqa: E402
-from whisper_sv.common.metrics import normalize_sv, wer_report  # noqa: E402
+from whisper_sv.common.metrics import normalize_text, wer_report  # noqa: E402
 from whisper_sv.serving.app import AppConfig, build_demo, launch  # noqa: E402
 from whisper_sv.serving.continuation import NO_LM, NOTHING_TO_CONTINUE, Continuer, GenerationSettings  # noqa: E402
 from whisper_sv.serving.inference import NO_SPEECH, pick_backend  # noqa: E402
@@ -229,7 +229,7 @@ def test_without_lm_the_page_says_so_and_still_transcribes(transcriber, files):
         assert NO_LM in httpx.get(url + "config").text  # the page shows it before anyone clicks
         c = Client(url, verbose=False)
         assert c.predict("Jag ska inte", api_name="/continue") == NO_LM
-        assert "ringa dig hela tiden" in normalize_sv(transcribe(c, files.clip))
+        assert "ringa dig hela tiden" in normalize_text(transcribe(c, files.clip))
     finally:
         demo.close()
 

@@ -106,10 +106,6 @@ def _source_files() -> list[Path]:
     return files
 
 
-@pytest.mark.xfail(strict=False, reason="src/ (features/build.py's docstring) still cites an issue "
-                                        "number while its owner rewords it; drop this mark once it "
-                                        "passes (README.md and the docs it links are held to this "
-                                        "strictly by test_own_pages_do_not_rot)")
 def test_no_issue_numbers_anywhere():
     found = _count_matches([*_markdown_files(), *_source_files()], ISSUE_REF)
     assert not found, "say what a thing does and why instead of citing an issue: " + ", ".join(

@@ -1,4 +1,4 @@
-"""Serving backends (issue #5): faster-whisper int8 on the packaged base, Transformers, the shared
+"""Serving backends: faster-whisper int8 on the packaged base, Transformers, the shared
 speech gate, long audio in chunks, and which backend a model spec gets."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from helpers import SENTENCE, render_test_clip
 
 from whisper_sv.audio.io import SAMPLE_RATE, load_audio
 from whisper_sv.audio.logmel import log_mel
-from whisper_sv.common.metrics import normalize_sv, wer_report
+from whisper_sv.common.metrics import normalize_text, wer_report
 from whisper_sv.data.voices import VOICES_BY_ID
 from whisper_sv.models.decoding import compression_ratio, ct2_max_length, cut_repetitions, window_frames
 from whisper_sv.serving.inference import (
@@ -210,7 +210,7 @@ def test_long_audio_is_chunked_and_nothing_lost(fw, tmp_path):
     assert sum(map(len, chunks)) >= 0.9 * len(audio)  # speech and short pauses are all kept
     spy = Spy(fw)
     try:
-        text = normalize_sv(fw.transcribe(audio))
+        text = normalize_text(fw.transcribe(audio))
     finally:
         spy.restore()
     longest = log_mel(max(chunks, key=len))[1]  # frames of the longest chunk, ~27 s here
@@ -226,7 +226,7 @@ def test_transformers_backend_same_model(clip):
     assert "transformers" in tf.name
     # float32 Transformers in a 30 s window and int8 CTranslate2 in 15 s differ on this clip ("jag
     # är inte så inget med dig hela tiden."), so check the words both get rather than one CER bound.
-    assert "dig hela tiden" in normalize_sv(tf.transcribe(load_audio(clip)))
+    assert "dig hela tiden" in normalize_text(tf.transcribe(load_audio(clip)))
     assert tf.transcribe(np.zeros(2 * SAMPLE_RATE, np.float32)) == NO_SPEECH
 
 
@@ -305,8 +305,8 @@ def test_cut_repetitions_keeps_each_looping_group_once():
 
 
 def test_every_chunk_gets_the_loop_check_with_the_default_single_temperature(fw, clip, monkeypatch):
-    """7cf0c72 ran the compression-ratio check only inside the temperature fallback, which the
-    default (one temperature) never enters: a looping decode was served as is (issue #13)."""
+    """An earlier backend ran the compression-ratio check only inside the temperature fallback, which the
+    default (one temperature) never enters: a looping decode was served as is."""
     assert fw.options.temperatures == (0.0,)
     loop = "jag är inte så inget att " * 50
     monkeypatch.setattr(fw, "_generate", lambda features, t, n: [(loop.strip(), -0.3, 0.01)] * len(features))

@@ -1,8 +1,8 @@
-"""WER measured the same way everywhere: normalised (keeping å, ä, ö), orthographic, and CER.
+"""WER measured the same way everywhere, in any language: normalised (diacritics kept), orthographic, and CER.
 
 Whisper's `BasicTextNormalizer` by default strips diacritics, which merges Swedish words that differ
-only in å/ä/ö ("får" and "far", "här" and "har"). Those are letters in Swedish, not accents, so the
-normalised WER here keeps them: lower case, punctuation and symbols removed, whitespace collapsed.
+only in å/ä/ö ("får" and "far", "här" and "har"), and Norwegian ones in æ/ø/å. Those are letters,
+not accents, so the normalised WER here keeps them: lower case, punctuation and symbols removed, whitespace collapsed.
 Per-utterance edit counts (`utterance_counts`) add up to the WER and CER of any group of
 utterances (`grouped_scores`): evaluation's figures per speaker and per voice family.
 """
@@ -20,7 +20,7 @@ def _normalizer():
     return BasicTextNormalizer(remove_diacritics=False)
 
 
-def normalize_sv(text: str) -> str:
+def normalize_text(text: str) -> str:
     """Whisper's basic normaliser with diacritics kept: ``"Får jag, sa hon?" -> "får jag sa hon"``."""
     return " ".join(_normalizer()(text).split())
 
@@ -39,7 +39,7 @@ def wer_report(references: Sequence[str], hypotheses: Sequence[str]) -> dict[str
     if not references:
         raise ValueError("no utterances to score")
     ortho = [(r.strip(), h.strip()) for r, h in zip(references, hypotheses) if r.strip()]
-    norm = [(normalize_sv(r), normalize_sv(h)) for r, h in zip(references, hypotheses)]
+    norm = [(normalize_text(r), normalize_text(h)) for r, h in zip(references, hypotheses)]
     norm = [(r, h) for r, h in norm if r]
     if not norm:
         raise ValueError("every reference is empty after normalisation; nothing to score")
@@ -52,7 +52,7 @@ def wer_report(references: Sequence[str], hypotheses: Sequence[str]) -> dict[str
 
 
 def utterance_errors(references: Sequence[str], hypotheses: Sequence[str]) -> list[tuple[int, int]]:
-    """Per utterance ``(word errors, reference words)`` after `normalize_sv` (`utterance_counts`).
+    """Per utterance ``(word errors, reference words)`` after `normalize_text` (`utterance_counts`).
 
     Summed over utterances with words, errors / words is `wer_report`'s normalised WER; the pairs
     let two systems be compared on the same clips (paired bootstrap, Wilcoxon).
@@ -61,7 +61,7 @@ def utterance_errors(references: Sequence[str], hypotheses: Sequence[str]) -> li
 
 
 def utterance_counts(references: Sequence[str], hypotheses: Sequence[str]) -> list[dict[str, int]]:
-    """Per utterance, after `normalize_sv`: ``word_errors``, ``words``, ``char_errors``, ``chars``.
+    """Per utterance, after `normalize_text`: ``word_errors``, ``words``, ``char_errors``, ``chars``.
 
     Edits are substitutions + deletions + insertions, counted as `wer_report` counts them (an
     empty reference counts nothing), so summed over any set of utterances they give that set's
@@ -71,7 +71,7 @@ def utterance_counts(references: Sequence[str], hypotheses: Sequence[str]) -> li
 
     out = []
     for ref, hyp in zip(references, hypotheses, strict=True):
-        ref, hyp = normalize_sv(ref), normalize_sv(hyp)
+        ref, hyp = normalize_text(ref), normalize_text(hyp)
         if not ref:
             out.append({"word_errors": 0, "words": 0, "char_errors": 0, "chars": 0})
             continue

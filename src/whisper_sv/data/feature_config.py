@@ -15,7 +15,7 @@ from typing import Any
 
 from ..audio.logmel import Smoothing
 from ..common.errors import UserError, check_field_types
-from ..models.specs import DEFAULT_MODEL, LANGUAGE, TASK
+from ..models.specs import DEFAULT_LANGUAGE, DEFAULT_MODEL, TASK
 from .recipe import Recipe
 from .shard_format import FORMAT_VERSION, FORMATS
 
@@ -33,7 +33,7 @@ class FeatureConfig:
     source: str = ""
     split: str = "train"
     model: str = DEFAULT_MODEL  # tokenizer (and n_mels) source: any model spec
-    language: str = LANGUAGE  # the language token of the labels
+    language: str = DEFAULT_LANGUAGE  # the labels' language (sv, nb, en, ...): its Whisper token prefixes every label
     task: str = TASK  # transcribe or translate
     n_mels: int | None = None  # mel bins; null: what the model uses (80, or 128 for large-v3)
     max_seconds: float = 30.0  # Whisper's window; longer clips are dropped, never truncated

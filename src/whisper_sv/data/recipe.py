@@ -109,11 +109,13 @@ class Tokens:
 
     @classmethod
     def of(cls, tokenizer, language: str, task: str, replay_language: str | None) -> "Tokens":
+        from ..models.specs import whisper_language
+
         ids = tokenizer.convert_tokens_to_ids
-        return cls(sot=ids("<|startoftranscript|>"), language=ids(f"<|{language}|>"), task=ids(f"<|{task}|>"),
+        return cls(sot=ids("<|startoftranscript|>"), language=ids(f"<|{whisper_language(language)}|>"), task=ids(f"<|{task}|>"),
                    notimestamps=ids("<|notimestamps|>"), eot=ids("<|endoftext|>"), timestamp_begin=ids("<|0.00|>"),
                    nospeech=nospeech_token_id(tokenizer),
-                   replay_language=ids(f"<|{replay_language}|>") if replay_language else None)
+                   replay_language=ids(f"<|{whisper_language(replay_language)}|>") if replay_language else None)
 
     def nospeech_labels(self) -> list[int]:
         """The stored row of a non-speech clip (the collator makes its two targets of it)."""

@@ -60,7 +60,7 @@ ESPEAK_VARIANTS = ("", "m1", "m2", "m3", "m4", "m5", "m6", "m7", "f1", "f2", "f3
 # order. Swedish (16 kHz): sw1 a male speaker, sw2 a female one. English (16 kHz): us1, us2, us3
 # American, en1 British ("Roger", University of Edinburgh).
 MBROLA_DATABASES: dict[str, tuple[str, ...]] = {"sv": ("sw1", "sw2"), "en": ("us1", "us2", "us3", "en1")}
-LANGUAGE_NAMES = {"sv": "Swedish", "en": "English"}  # for messages; another language goes by its code
+LANGUAGE_NAMES = {"sv": "Swedish", "en": "English", "nb": "Norwegian Bokmål"}  # for messages; another language goes by its code
 FAMILY_NAMES = ("espeak", "mbrola")  # every family, in the order a corpus records them
 
 

@@ -4,7 +4,7 @@ Data is a feature store folder (the exact inputs training saw) or a source spec 
 decoded with the shared loader and turned into features by the same `log_mel` as the store, so a
 figure from either path means the same thing. Generation is batched, greedy by default, with
 Swedish and transcription forced. Beside the totals, the report scores each speaker and each voice
-family (issue #11: ``espeak``, ``mbrola``, ``cv`` for Common Voice's speakers; `voices.voice_family`),
+family (``espeak``, ``mbrola``, ``cv`` for Common Voice's speakers; `voices.voice_family`),
 so a model that learns the synthetic voices and forgets real speech shows it.
 """
 
@@ -24,7 +24,7 @@ from ..audio.io import CHUNK_LENGTH
 from ..audio.logmel import log_mel, pad_features
 from ..common.errors import UserError
 from ..common.fileio import write_atomic, write_json
-from ..common.metrics import grouped_scores, normalize_sv, utterance_counts, wer_report
+from ..common.metrics import grouped_scores, normalize_text, utterance_counts, wer_report
 from ..data.feature_store import CONFIG_NAME, FeatureStore
 from ..data.sources import iter_clips, open_source
 from ..data.voices import voice_family
@@ -37,6 +37,11 @@ BATCH_SIZE = 16
 
 def _is_feature_store(data: str) -> bool:
     return (Path(data) / CONFIG_NAME).is_file()
+
+
+def _store_language(data: str) -> str | None:
+    """The labels' language of a feature store (its feature_config.json); None for a source."""
+    return FeatureStore(data).config.language if (Path(data) / CONFIG_NAME).is_file() else None
 
 
 def check_data(data: str, split: str) -> None:
@@ -81,6 +86,7 @@ def evaluate(
     max_samples: int | None = None,
     device: str | None = None,
     window_s: float | None = None,
+    language: str | None = None,
 ) -> dict:
     """Transcribe `split` of `data` with `model`; returns (and writes to `out`) the report.
 
@@ -100,7 +106,8 @@ def evaluate(
     check_data(data, split)  # before the model loads: a typo in --data fails in a second, not a minute
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     t0 = time.perf_counter()
-    net, processor = load_model(model, device=device)
+    # The language forced: as given, else the feature store's labels' language, else the model's own.
+    net, processor = load_model(model, device=device, language=language or _store_language(data))
     window = trained_window_s(net.config) if window_s is None else check_window_s(window_s)
     accept_short_windows(net)
     n_mels = net.config.num_mel_bins
@@ -159,7 +166,7 @@ def write_report(report: dict, rows: list[dict], out: Path) -> None:
     w = csv.DictWriter(table, ["id", "speaker", "reference", "hypothesis", "reference_norm", "hypothesis_norm"])
     w.writeheader()
     for r in rows:
-        w.writerow({**r, "reference_norm": normalize_sv(r["reference"]), "hypothesis_norm": normalize_sv(r["hypothesis"])})
+        w.writerow({**r, "reference_norm": normalize_text(r["reference"]), "hypothesis_norm": normalize_text(r["hypothesis"])})
     write_atomic(out.with_suffix(".csv"), table.getvalue())
 
 
@@ -173,6 +180,8 @@ def add_cli(sub) -> None:
     p.add_argument("--batch-size", type=int, default=BATCH_SIZE)
     p.add_argument("--beam-size", type=int, default=1)
     p.add_argument("--max-samples", type=int, default=None, help="score only the first N utterances")
+    p.add_argument("--language", default=None,
+                   help="the language forced (sv, nb, ...); default: a feature store's labels' language, else the model's own, else sv")
     p.add_argument("--window-s", type=float, default=None,
                    help="encoder window in seconds, as the app applies it (default: the one the model was fine-tuned on, else 30)")
     p.set_defaults(func=_run_cli)
@@ -180,7 +189,7 @@ def add_cli(sub) -> None:
 
 def _run_cli(args) -> int:
     report = evaluate(args.model, args.data, args.split, args.out, args.batch_size, args.beam_size, args.max_samples,
-                      window_s=args.window_s)
+                      window_s=args.window_s, language=args.language)
     # Per speaker only in the report file: a Common Voice split has thousands of them.
     shown = {k: v for k, v in report.items() if k not in ("skipped", "speakers")}
     print(json.dumps(shown | {"speakers": len(report["speakers"]), "skipped": len(report["skipped"])}, ensure_ascii=False))

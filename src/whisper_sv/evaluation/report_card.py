@@ -51,10 +51,10 @@ from ..audio.longform import Recording, long_recordings
 from ..audio.nonspeech import nonspeech_set
 from ..common.errors import UserError
 from ..common.fileio import write_atomic, write_json
-from ..common.metrics import normalize_sv, wer_report
+from ..common.metrics import normalize_text, wer_report
 from ..common.options import add_options, build, options_from
 from ..models.decoding import compression_ratio, cut_repetitions
-from ..models.specs import LANGUAGE, PACKAGED_BASE
+from ..models.specs import DEFAULT_LANGUAGE, PACKAGED_BASE, whisper_language
 
 TIMESTAMP_TOLERANCE_S = 0.05  # a segment may end this far past the audio (timestamps are 20 ms steps)
 CARD_NAME = "report_card"
@@ -69,7 +69,7 @@ class ReportCardConfig:
     base: str = PACKAGED_BASE  # the model it was tuned from
     data: str = "corpus/sv-synth"  # the target language's corpus (cv:PATH or a Common Voice folder)
     split: str = "test"  # its split the card decodes (test clips and the long-form recordings)
-    language: str = LANGUAGE  # the target language, forced in every decode of it
+    language: str = DEFAULT_LANGUAGE  # the target language (sv, nb, ...), forced in every decode of it
     clips: int = 100  # target-language clips through the app's backend
     parity_clips: int = 16  # of those, how many also go through Transformers (export parity)
     longform: int = 3  # long-form recordings
@@ -258,7 +258,7 @@ def score_target(model: ModelUnderTest, clips, cfg: ReportCardConfig) -> tuple[d
     """The app's backend on the target-language clips; per-utterance rows for the CSV."""
     from .evaluate import score
 
-    backend = model.backend(cfg.language, cfg.window_s)
+    backend = model.backend(whisper_language(cfg.language), cfg.window_s)
     rows = []
     for start in tqdm(range(0, len(clips), backend.batch_size), desc="card: target clips", unit="batch", leave=False):
         batch = clips[start : start + backend.batch_size]
@@ -271,17 +271,17 @@ def score_target(model: ModelUnderTest, clips, cfg: ReportCardConfig) -> tuple[d
 def score_parity(model: ModelUnderTest, clips, target_rows: list[dict], cfg: ReportCardConfig) -> dict:
     """The Transformers model on the first `parity_clips` clips against the export's transcripts."""
     from ..models.decoding import transcribe_arrays
-    from ..models.specs import force_swedish
+    from ..models.specs import force_language
 
     if not cfg.parity_clips:
         return {}
     net, processor = model.transformers()
-    force_swedish(net, cfg.language)
+    force_language(net, cfg.language)
     subset = clips[: cfg.parity_clips]
     hf = transcribe_arrays(net, processor, [a for _, a, _, _ in subset])
     ct2 = [r["hypothesis"] for r in target_rows[: len(subset)]]
     refs = [ref for _, _, ref, _ in subset]
-    same = sum(normalize_sv(a) == normalize_sv(b) for a, b in zip(hf, ct2))
+    same = sum(normalize_text(a) == normalize_text(b) for a, b in zip(hf, ct2))
     return {"n": len(subset), "wer_transformers": _wer(refs, hf)["wer"], "wer_ct2_int8": _wer(refs, ct2)["wer"],
             "identical_share": same / len(subset)}
 
@@ -290,7 +290,7 @@ def score_longform(model: ModelUnderTest, recordings: list[Recording], cfg: Repo
     """Each recording through the three decoders; WER, loops and timestamps per decoder."""
     from transformers import pipeline
 
-    backend = model.backend(cfg.language, cfg.window_s)
+    backend = model.backend(whisper_language(cfg.language), cfg.window_s)
     whisper = model.whisper()
     net, processor = model.transformers()
     asr = pipeline("automatic-speech-recognition", model=net, tokenizer=processor.tokenizer,
@@ -298,12 +298,12 @@ def score_longform(model: ModelUnderTest, recordings: list[Recording], cfg: Repo
     outputs: dict[str, list[dict]] = {"app": [], "faster_whisper": [], "pipeline": []}
     for rec in tqdm(recordings, desc="card: long-form", unit="rec", leave=False):
         outputs["app"].append({"text": backend.transcribe(rec.audio), "segments": None})
-        segments, _ = whisper.transcribe(rec.audio, language=cfg.language)
+        segments, _ = whisper.transcribe(rec.audio, language=whisper_language(cfg.language))
         segments = list(segments)
         outputs["faster_whisper"].append({"text": " ".join(s.text.strip() for s in segments),
                                           "segments": [(s.start, s.end) for s in segments]})
         result = asr({"raw": rec.audio, "sampling_rate": SAMPLE_RATE}, return_timestamps=True,
-                     generate_kwargs={"language": cfg.language, "task": "transcribe"})
+                     generate_kwargs={"language": whisper_language(cfg.language), "task": "transcribe"})
         outputs["pipeline"].append({"text": result["text"].strip(),
                                     "segments": [tuple(c["timestamp"]) for c in result.get("chunks", [])]})
     from ..serving.inference import NO_SPEECH
@@ -313,8 +313,8 @@ def score_longform(model: ModelUnderTest, recordings: list[Recording], cfg: Repo
     for name, outs in outputs.items():
         hyps = ["" if o["text"] == NO_SPEECH else o["text"] for o in outs]
         entry = {**_wer(refs, hyps), "loop_share": sum(map(has_loop, hyps)) / len(hyps),
-                 "words": sum(len(normalize_sv(h).split()) for h in hyps),
-                 "reference_words": sum(len(normalize_sv(r).split()) for r in refs)}
+                 "words": sum(len(normalize_text(h).split()) for h in hyps),
+                 "reference_words": sum(len(normalize_text(r).split()) for r in refs)}
         if outs[0]["segments"] is not None:
             stamps = [timestamp_figures(o["segments"], r.seconds, r.boundaries()) for o, r in zip(outs, recordings)]
             errors = [s["boundary_error_s"] for s in stamps if s["boundary_error_s"] is not None]
@@ -335,17 +335,17 @@ def score_nonspeech(model: ModelUnderTest, cfg: ReportCardConfig) -> dict:
 
     whisper = model.whisper()
     tokenizer = whisper.hf_tokenizer
-    prompt = [tokenizer.token_to_id(t) for t in ("<|startoftranscript|>", f"<|{cfg.language}|>", "<|transcribe|>", "<|notimestamps|>")]
+    prompt = [tokenizer.token_to_id(t) for t in ("<|startoftranscript|>", f"<|{whisper_language(cfg.language)}|>", "<|transcribe|>", "<|notimestamps|>")]
     clips = nonspeech_set(cfg.nonspeech_s, seed=cfg.seed)
     per_clip = {}
     for kind, audio in tqdm(clips, desc="card: non-speech", unit="clip", leave=False):
-        segments, _ = whisper.transcribe(audio, language=cfg.language, vad_filter=False)
+        segments, _ = whisper.transcribe(audio, language=whisper_language(cfg.language), vad_filter=False)
         text = " ".join(s.text.strip() for s in segments).strip()
         features = pad_features(*log_mel(audio, whisper.model.n_mels))[None]
         encoded = whisper.model.encode(ctranslate2.StorageView.from_array(np.ascontiguousarray(features)))
         result = whisper.model.generate(encoded, [prompt], max_length=4, return_no_speech_prob=True)[0]
         per_clip[kind] = {"text": text[:200], "no_speech_prob": round(float(result.no_speech_prob), 4)}
-    with_text = [k for k, v in per_clip.items() if normalize_sv(v["text"])]
+    with_text = [k for k, v in per_clip.items() if normalize_text(v["text"])]
     return {"clips": len(per_clip), "with_text": len(with_text), "with_text_share": len(with_text) / len(per_clip),
             "no_speech_prob_mean": float(np.mean([v["no_speech_prob"] for v in per_clip.values()])),
             "per_clip": per_clip}
@@ -356,7 +356,7 @@ def score_other_language(model: ModelUnderTest, clips, cfg: ReportCardConfig) ->
     whisper = model.whisper()
     hyps = []
     for _, audio, _, _ in tqdm(clips, desc=f"card: {cfg.other_language} clips", unit="clip", leave=False):
-        segments, _ = whisper.transcribe(audio, language=cfg.other_language)
+        segments, _ = whisper.transcribe(audio, language=whisper_language(cfg.other_language))
         hyps.append(" ".join(s.text.strip() for s in segments))
     return {**_wer([ref for _, _, ref, _ in clips], hyps), "language": cfg.other_language,
             "examples": [{"reference": c[2], "hypothesis": h} for c, h in zip(clips[:3], hyps[:3])]}

@@ -1,4 +1,4 @@
-"""The feature pipeline (issue #3): any source -> a crash-safe store of compact Whisper inputs.
+"""The feature pipeline: any source -> a crash-safe store of compact Whisper inputs.
 
 A source is streamed and cut into deterministic shards of `shard_size` consecutive examples
 (shard k = examples [k * size, (k + 1) * size)). A pool of workers, one math thread each, turns a
@@ -40,12 +40,15 @@ from tqdm.auto import tqdm
 
 from ..audio import logmel
 from ..audio.io import SAMPLE_RATE, AudioError
+from ..audio.logmel import log_mel, smooth_log_mel
 from ..common.errors import UserError
+from ..common.fileio import differing_keys, pid_is_alive, remove_dead_temp_files, write_atomic, write_json
+from ..common.locks import FileLock
+from ..common.options import add_options, options_from
 from ..data.feature_config import FeatureConfig
 from ..data.feature_store import (
     CLAIM_LOCK_NAME,
     CONFIG_NAME,
-    StoreLock,
     check_committed,
     manifest_name,
     read_manifest,
@@ -53,14 +56,11 @@ from ..data.feature_store import (
     take_writer_lock,
     write_rejects_table,
 )
-from ..common.fileio import differing_keys, pid_is_alive, remove_dead_temp_files, write_atomic, write_json
-from ..audio.logmel import log_mel, smooth_log_mel
-from ..models.specs import LANGUAGE, TASK, model_errors, resolve_model
-from ..common.options import add_options, options_from
 from ..data.recipe import ExtraRow, ShardExtras, Tokens, nonspeech_rows, replay_plan, stitched_rows
 from ..data.shard_format import FORMATS, ShardRow, shard_bytes
-from .shard_merge import done_record_path, format_merge_summary, merge_shards, write_done_record
 from ..data.sources import Example, decode_example, iter_examples, open_source
+from ..models.specs import DEFAULT_LANGUAGE, TASK, model_errors, resolve_model, whisper_language
+from .shard_merge import done_record_path, format_merge_summary, merge_shards, write_done_record
 
 log = logging.getLogger(__name__)
 
@@ -224,14 +224,15 @@ def _exit_with(pid: int) -> None:
     os._exit(1)
 
 
-def load_tokenizer(model: str, language: str = LANGUAGE, task: str = TASK):
-    """The model's tokenizer set to prefix <|startoftranscript|><|sv|><|transcribe|><|notimestamps|>."""
+def load_tokenizer(model: str, language: str = DEFAULT_LANGUAGE, task: str = TASK):
+    """The model's tokenizer set to prefix <|startoftranscript|><|LANG|><|transcribe|><|notimestamps|>
+    (LANG: Whisper's code of `language`, e.g. <|no|> for nb)."""
     from transformers import AutoTokenizer  # in the parent only: workers import this module, not transformers
 
     path = resolve_model(model)
     with model_errors(model, path):
         tokenizer = AutoTokenizer.from_pretrained(path)
-    tokenizer.set_prefix_tokens(language=language, task=task, predict_timestamps=False)
+    tokenizer.set_prefix_tokens(language=whisper_language(language), task=task, predict_timestamps=False)
     return tokenizer
 
 
@@ -391,7 +392,7 @@ def _run_shards(todo, out: Path, config: FeatureConfig, workers: int) -> Iterato
             yield pending.popleft().result()
 
 
-def _claim_folder(out: Path, config: FeatureConfig, shard_index: int, num_shards: int) -> tuple[FeatureConfig, StoreLock]:
+def _claim_folder(out: Path, config: FeatureConfig, shard_index: int, num_shards: int) -> tuple[FeatureConfig, FileLock]:
     """Become the writer of this run's manifest in `out` and check (or write) ``feature_config.json``.
 
     Under the folder's claim lock, so runs starting together take turns: the layout check and the
@@ -404,7 +405,7 @@ def _claim_folder(out: Path, config: FeatureConfig, shard_index: int, num_shards
     path = out / CONFIG_NAME
     wanted = config.to_dict()
     out.mkdir(parents=True, exist_ok=True)
-    with StoreLock(out / CLAIM_LOCK_NAME):
+    with FileLock(out / CLAIM_LOCK_NAME):
         writer = take_writer_lock(out, shard_index, num_shards)
         try:
             if path.is_file():
@@ -429,8 +430,8 @@ def _has_commits(out: Path) -> bool:
     return any(read_manifest(m) for m in out.glob("manifest*.jsonl"))
 
 
-def _has_other_writers(out: Path, mine: StoreLock) -> bool:
-    return any(StoreLock(p).is_held() for p in out.glob(".manifest*.lock") if p != mine.path)
+def _has_other_writers(out: Path, mine: FileLock) -> bool:
+    return any(FileLock(p).is_held() for p in out.glob(".manifest*.lock") if p != mine.path)
 
 
 def _mismatch_message(out: Path, found: dict[str, Any], wanted: dict[str, Any]) -> str:

@@ -20,7 +20,7 @@ import numpy as np
 
 from ..audio.io import N_FRAMES, N_SAMPLES, SAMPLE_RATE
 from ..audio.logmel import log_mel, pad_features
-from .specs import LANGUAGE, TASK
+from .specs import TASK, model_language
 
 BATCH_SIZE = 8
 DECODER_POSITIONS = 448  # Whisper's decoder positions, prompt included
@@ -82,7 +82,7 @@ class DecodeOptions:
 
 
 def generate_texts(model, processor, features: np.ndarray, beam_size: int = 1, max_new_tokens: int = MAX_NEW_TOKENS) -> list[str]:
-    """Greedy (or beam) transcripts of a (B, n_mels, frames) batch, Swedish forced."""
+    """Greedy (or beam) transcripts of a (B, n_mels, frames) batch, the model's language forced (`model_language`)."""
     import torch  # the Transformers path only: the CTranslate2 backend serves without torch
 
     quiet_library_notices()
@@ -94,7 +94,7 @@ def generate_texts(model, processor, features: np.ndarray, beam_size: int = 1, m
         # Whisper's `generate` reads max_length as the tokens to generate after its prompt
         # (`_set_max_new_tokens_and_length` adds the prompt); max_new_tokens would sit beside the
         # model's max_length of 448 and warn at every batch that both are set.
-        ids = model.generate(inputs, attention_mask=mask, language=LANGUAGE, task=TASK, num_beams=beam_size,
+        ids = model.generate(inputs, attention_mask=mask, language=model_language(model), task=TASK, num_beams=beam_size,
                              max_length=max_new_tokens)
     return [t.strip() for t in processor.batch_decode(ids, skip_special_tokens=True)]
 
@@ -125,7 +125,7 @@ def transcribe_arrays(model, processor, audios: Sequence[np.ndarray], options: D
     texts: list[str | None] = [None] * len(audios)
     short = [i for i, a in enumerate(audios) if len(a) <= N_SAMPLES]
     device, dtype = model.device, model.dtype
-    gen = dict(language=LANGUAGE, task=TASK, num_beams=options.beam_size)
+    gen = dict(language=model_language(model), task=TASK, num_beams=options.beam_size)
     n_mels = model.config.num_mel_bins
     for start in range(0, len(short), options.batch_size):
         idx = short[start : start + options.batch_size]

@@ -20,7 +20,19 @@ from ..common.fileio import atomic_folder
 PACKAGED_BASE = "packaged:whisper-base"
 RANDOM_TINY = "random:tiny"
 DEFAULT_MODEL = PACKAGED_BASE
-LANGUAGE = "sv"  # forced in every generation config: never auto-detected per batch
+# The target language unless a config or the model says another. Whatever it is, it is forced in
+# every generation config: never auto-detected per batch.
+DEFAULT_LANGUAGE = "sv"
+# Codes users (and espeak-ng, Common Voice) write that Whisper spells otherwise: Whisper's
+# Norwegian token <|no|> is Bokmål (Nynorsk has <|nn|>).
+WHISPER_CODES = {"nb": "no"}
+# Whisper's language tokens (<|sv|>, ...), in its vocabulary's order: a fact of the model, like its
+# 3,000 frames, kept here so that checking a language loads neither Transformers nor faster-whisper.
+WHISPER_LANGUAGES = (
+    "en zh de es ru ko fr ja pt tr pl ca nl ar sv it id hi fi vi he uk el ms cs ro da hu ta no th ur hr bg lt la mi "
+    "ml cy sk te fa lv bn sr az sl kn et mk br eu is hy ne mn bs kk sq sw gl mr pa si km sn yo so af oc ka be tg sd "
+    "gu am yi lo uz fo ht ps tk nn mt sa lb my bo tl mg as tt haw ln ha ba jw su yue"
+).split()
 TASK = "transcribe"
 _HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*")
 
@@ -85,10 +97,11 @@ def load_processor(spec: str = DEFAULT_MODEL):
         return WhisperProcessor.from_pretrained(path)
 
 
-def load_model(spec: str = DEFAULT_MODEL, device: str = "cpu", dtype=None, quantization=None):
-    """Load ``(WhisperForConditionalGeneration, WhisperProcessor)`` with Swedish transcription forced.
+def load_model(spec: str = DEFAULT_MODEL, device: str = "cpu", dtype=None, quantization=None, language: str | None = None):
+    """Load ``(WhisperForConditionalGeneration, WhisperProcessor)`` with one language's transcription forced.
 
-    The generation config gets ``language="sv"`` and ``task="transcribe"``, and any legacy
+    The generation config gets `language` (None: the one the model was fine-tuned for, else
+    `DEFAULT_LANGUAGE`; `force_language`) and ``task="transcribe"``, and any legacy
     ``forced_decoder_ids`` are dropped, so generate never detects the language per batch.
     `quantization` (a `BitsAndBytesConfig`, CUDA only) loads the weights in 8 or 4 bits, placed
     on the GPU by bitsandbytes itself.
@@ -99,7 +112,7 @@ def load_model(spec: str = DEFAULT_MODEL, device: str = "cpu", dtype=None, quant
     extra = {} if quantization is None else {"quantization_config": quantization, "device_map": {"": 0}}
     with model_errors(spec, path):
         model = WhisperForConditionalGeneration.from_pretrained(path, dtype=dtype, **extra)
-    force_swedish(model)
+    force_language(model, language)
     if quantization is None:  # a quantized model is already on its device and cannot be moved
         model.to(device)
     model.eval()
@@ -117,10 +130,28 @@ def model_errors(spec: str, path: str):
         raise UserError(f"model {spec!r} ({path}) cannot be loaded: {detail}") from err
 
 
-def force_swedish(model, language: str = LANGUAGE, task: str = TASK) -> None:
-    """Pin language and task in `model`'s generation config and drop ``forced_decoder_ids``."""
+def whisper_language(code: str) -> str:
+    """Whisper's code of a configured language: ``sv`` -> ``sv``, ``nb`` -> ``no``, ``<|sv|>`` -> ``sv``;
+    a UserError for a language Whisper was not trained on."""
+    plain = str(code).strip().strip("<|>").lower()
+    plain = WHISPER_CODES.get(plain, plain)
+    if plain in WHISPER_LANGUAGES:
+        return plain
+    raise UserError(f"language {code!r}: not one of Whisper's languages; use its code, e.g. sv, nb, da, fi, en "
+                    f"(Whisper's: {' '.join(sorted(WHISPER_LANGUAGES))})")
+
+
+def model_language(model) -> str:
+    """The language `model`'s generation config forces (a fine-tune saves its target's), else `DEFAULT_LANGUAGE`."""
+    language = getattr(model.generation_config, "language", None)
+    return whisper_language(language) if language else DEFAULT_LANGUAGE
+
+
+def force_language(model, language: str | None = None, task: str = TASK) -> None:
+    """Pin language and task in `model`'s generation config and drop ``forced_decoder_ids``.
+    `language` None keeps the one the model already forces (`model_language`)."""
     gen = model.generation_config
-    gen.language = language
+    gen.language = whisper_language(language) if language else model_language(model)
     gen.task = task
     gen.forced_decoder_ids = None
     if getattr(model.config, "forced_decoder_ids", None) is not None:

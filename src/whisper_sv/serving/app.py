@@ -72,6 +72,7 @@ from pathlib import Path
 
 from ..audio.io import FORMAT_NAMES, SAMPLE_RATE, AudioError, load_audio
 from ..common.errors import UserError
+from ..common.fileio import pid_is_alive
 from ..common.options import add_options, build, options_from
 from .continuation import (
     MAX_NEW_TOKENS,
@@ -118,6 +119,8 @@ class AppConfig:
     lm: str | None = None  # causal LM id or folder for the continuation, e.g. AI-Sweden-Models/gpt-sw3-126m; null: none
     backend: str = "auto"  # auto, faster-whisper or transformers
     min_window_s: float = InferenceOptions.min_window_s  # shortest CTranslate2 encoder window, s; 30 = Whisper's own (slower on short clips)
+    # The language forced in every decode (sv, nb, ...); null: the model's own (a fine-tune's target), else sv.
+    language: str | None = None
     host: str = "127.0.0.1"  # interface to listen on; loopback unless asked (0.0.0.0 exposes the app)
     port: int = 7860  # TCP port
     max_upload_mb: float = 25.0  # bigger uploads get HTTP 413
@@ -154,7 +157,7 @@ class AppConfig:
         if not self.max_seconds <= self.max_client_audio_s <= self.max_queued_audio_s:
             raise ValueError(f"max_client_audio_s={self.max_client_audio_s:g} must be at least max_seconds="
                              f"{self.max_seconds:g} (one clip) and at most max_queued_audio_s={self.max_queued_audio_s:g}")
-        InferenceOptions(min_window_s=self.min_window_s)  # the same range check
+        InferenceOptions(min_window_s=self.min_window_s, language=self.language)  # the same range check
         _check_host(self.host)
 
     @property
@@ -311,8 +314,6 @@ def _owner_is_gone(marker: Path) -> bool:
     import fcntl
     import socket
 
-    import psutil
-
     try:
         fd = os.open(marker, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError:
@@ -334,12 +335,7 @@ def _owner_is_gone(marker: Path) -> bool:
         return False
     finally:
         os.close(fd)
-    try:
-        return abs(psutil.Process(pid).create_time() - started) > 1.0  # a new process under a reused PID
-    except psutil.NoSuchProcess:
-        return True
-    except psutil.Error:
-        return False  # not ours to inspect: assume alive
+    return not pid_is_alive(pid, started=started)  # a zombie, or a new process under a reused PID, is gone
 
 
 class UploadFolder:
@@ -760,7 +756,7 @@ def build_demo(cfg: AppConfig = AppConfig(), transcriber: Transcriber | None = N
     Claims the process's upload folder (`claim_upload_folder`); ``demo.close()`` gives it back.
     """
     transcriber = transcriber or pick_backend(cfg.model, backend=cfg.backend,
-                                              options=InferenceOptions(min_window_s=cfg.min_window_s))
+                                              options=InferenceOptions(min_window_s=cfg.min_window_s, language=cfg.language))
     continuer = continuer or Continuer(cfg.lm)
     # After the models load (a model that fails leaves no folder behind), before Gradio is imported
     # (some of its modules read GRADIO_TEMP_DIR once, at import) and before any component exists

@@ -16,7 +16,7 @@ from ..audio.io import CHUNK_LENGTH
 from ..common.errors import UserError
 from ..common.fileio import atomic_folder
 from ..models.encoder_window import WINDOW_KEY
-from ..models.specs import DEFAULT_MODEL, resolve_model
+from ..models.specs import DEFAULT_LANGUAGE, DEFAULT_MODEL, resolve_model, whisper_language
 
 QUANTIZATIONS = ("int8", "int8_float16", "int8_float32", "float16", "float32", "bfloat16")
 COPY_FILES = ("tokenizer.json", "preprocessor_config.json")
@@ -52,9 +52,20 @@ def export_ct2(model: str = DEFAULT_MODEL, out: str | Path = "ct2", quantization
         (tmp / "whisper_sv_export.json").write_text(
             json.dumps({"model": model, "quantization": quantization, "ctranslate2": ctranslate2.__version__,
                         # the encoder window it was fine-tuned on: serve it with at least this --min-window
-                        "window_s": _trained_window_s(source)}, indent=2)
+                        "window_s": _trained_window_s(source),
+                        # the language its generation config forces (a fine-tune's target): served with it
+                        "language": _forced_language(source)}, indent=2)
         )
     return out
+
+
+def _forced_language(source: str) -> str:
+    """The language `source`'s generation config forces (a fine-tune saves its target's), else the default."""
+    try:
+        config = json.loads((Path(source) / "generation_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return DEFAULT_LANGUAGE
+    return whisper_language(config["language"]) if config.get("language") else DEFAULT_LANGUAGE
 
 
 def check_model_folder(folder: Path) -> None:

@@ -15,7 +15,7 @@ The CTranslate2 backend also drops chunks Whisper itself marks as non-speech (``
 high *and* ``avg_logprob`` low, openai/whisper's rule). Every chunk's text, in both backends, then
 gets the compression-ratio check: a chunk that compresses like a repetition loop (zlib ratio over
 ``max_compression_ratio``) is cut at the loop by `decoding.cut_repetitions`, each run of a repeated word
-group kept once (issue #13: 177 s of speech came back with runs of ~300 repeated words). Cutting
+group kept once (177 s of speech came back with runs of ~300 repeated words). Cutting
 costs no second decode and keeps transcripts deterministic; re-decoding at higher temperatures
 (``temperatures``) still runs first when configured. The backends differ in the encoder window:
 Transformers' Whisper encoder accepts only the full 30 s (3,000 frames), so a 2 s clip costs as
@@ -61,7 +61,7 @@ from ..models.decoding import (
     window_frames,
 )
 from ..models.packaged import packaged_ct2_dir
-from ..models.specs import LANGUAGE, PACKAGED_BASE, TASK, load_model
+from ..models.specs import DEFAULT_LANGUAGE, PACKAGED_BASE, TASK, load_model, whisper_language
 
 log = logging.getLogger(__name__)
 
@@ -98,8 +98,13 @@ class InferenceOptions:
     max_chunk_s: float = float(CHUNK_LENGTH)  # longest speech chunk decoded at once, s (30: one Whisper window)
     no_speech_prob: float = 0.6  # a chunk is silence above this no-speech probability (openai/whisper's no_speech_threshold) ...
     min_avg_logprob: float = -1.0  # ... when its mean log-probability is also below this (its logprob_threshold)
+    # The language forced in every decode (sv, nb, en, ...); null: the model's own (the one a
+    # fine-tune was trained on, recorded in its export and generation config), else sv.
+    language: str | None = None
 
     def __post_init__(self):
+        if self.language is not None:
+            whisper_language(self.language)  # a typo fails before a model loads
         if self.beam_size < 1:
             raise ValueError(f"beam_size={self.beam_size}: use 1 (greedy) or more")
         if not 0 < self.max_chunk_s <= CHUNK_LENGTH:
@@ -208,7 +213,7 @@ class FasterWhisperBackend:
 
     def __init__(self, ct2_dir: str | Path, device: str = "auto", compute_type: str | None = None,
                  options: InferenceOptions = InferenceOptions(), cpu_threads: int | None = None,
-                 label: str | None = None, language: str = LANGUAGE):
+                 label: str | None = None, language: str | None = None):
         from faster_whisper import WhisperModel
         from faster_whisper.tokenizer import Tokenizer
 
@@ -230,8 +235,8 @@ class FasterWhisperBackend:
 
             self.decoder = ctranslate2.models.Whisper(str(self.ct2_dir), device="cpu", compute_type=compute_type,
                                                       intra_threads=options.decode_threads)
-        self.language = language
-        self.tokenizer = Tokenizer(self.model.hf_tokenizer, self.ct2.is_multilingual, task=TASK, language=language)
+        self.language = whisper_language(language or options.language or export_language(self.ct2_dir))
+        self.tokenizer = Tokenizer(self.model.hf_tokenizer, self.ct2.is_multilingual, task=TASK, language=self.language)
         self.prompt = [*self.tokenizer.sot_sequence, self.tokenizer.no_timestamps]
 
     def transcribe(self, audio: np.ndarray) -> str:
@@ -308,7 +313,7 @@ class TransformersBackend:
     """`WhisperForConditionalGeneration` through `decoding.transcribe_arrays`."""
 
     def __init__(self, model_spec: str, device: str = "cpu", options: InferenceOptions = InferenceOptions()):
-        self.model, self.processor = load_model(model_spec, device=device)
+        self.model, self.processor = load_model(model_spec, device=device, language=options.language)
         self.options = options
         self.name = f"transformers on {device} ({_label(model_spec)})"
         self._lock = threading.Lock()  # generate() on one model is not safe from two threads
@@ -331,6 +336,15 @@ class TransformersBackend:
 # ---------------------------------------------------------------------------------------------
 # Which backend a model spec gets
 # ---------------------------------------------------------------------------------------------
+
+
+def export_language(ct2_dir: str | Path) -> str:
+    """The language an export was fine-tuned for (`whisper_sv_export.json`), else `DEFAULT_LANGUAGE`."""
+    record = Path(ct2_dir) / "whisper_sv_export.json"
+    try:
+        return json.loads(record.read_text(encoding="utf-8")).get("language") or DEFAULT_LANGUAGE
+    except (OSError, ValueError, AttributeError):
+        return DEFAULT_LANGUAGE
 
 
 def default_model_spec() -> str:

@@ -20,6 +20,8 @@ import numpy as np
 from ..common.distributed import main_only
 from ..common.fileio import write_atomic
 from ..common.metrics import utterance_errors, wer_report
+from ..data.voices import language_name
+from ..models.specs import whisper_language
 from .config import TrainConfig
 
 EVALS_DIR = "evals"  # per-utterance errors of each evaluation, step-N.json
@@ -74,7 +76,7 @@ def plot_curves(log_history: list[dict], out: str | Path) -> Path:
     lines = ax.get_legend_handles_labels()[0] + ax2.get_legend_handles_labels()[0]
     # Below the axes, so it never hides a curve (inside, it sat on the WER line at ~30 %).
     fig.legend(lines, [l.get_label() for l in lines], loc="lower center", ncol=4, frameon=False)
-    ax.set_title("Whisper fine-tuning on Swedish")
+    ax.set_title("Whisper fine-tuning")
     fig.tight_layout(rect=(0, 0.07, 1, 1))
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -118,8 +120,9 @@ def read_eval_utterances(run_dir: str | Path, step: int) -> dict[str, Any] | Non
 
 
 @main_only
-def write_model_card(final: Path, cfg: TrainConfig, metrics: dict[str, Any]) -> Path | None:
-    """README.md with the Hub's model-index metadata carrying the eval WER (when there is one)."""
+def write_model_card(final: Path, cfg: TrainConfig, metrics: dict[str, Any], language: str = "sv") -> Path | None:
+    """README.md with the Hub's model-index metadata carrying the eval WER (when there is one), for
+    `language` (the labels' language, as configured: sv, nb, ...)."""
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
     results = []
@@ -134,19 +137,20 @@ def write_model_card(final: Path, cfg: TrainConfig, metrics: dict[str, Any]) -> 
                 )
             )
     data = ModelCardData(
-        language="sv", license="mit", library_name="transformers", base_model=_base_model_id(cfg.model),
+        language=language, license="mit", library_name="transformers", base_model=_base_model_id(cfg.model),
         tags=["whisper", "automatic-speech-recognition", "whisper-sv"],
         model_name=cfg.hub_model_id or final.parent.name, eval_results=results or None,
     )
     wer_line = (
-        f"Normalised WER {100 * metrics['eval_wer']:.2f} % (Whisper's basic normaliser keeping å/ä/ö), "
+        f"Normalised WER {100 * metrics['eval_wer']:.2f} % (Whisper's basic normaliser keeping diacritics), "
         f"orthographic WER {100 * metrics['eval_wer_ortho']:.2f} %, CER {100 * metrics['eval_cer']:.2f} %."
         if "eval_wer" in metrics else "No evaluation set was configured."
     )
     card = ModelCard(
-        f"---\n{data.to_yaml()}\n---\n\n# {data.model_name}\n\nWhisper fine-tuned on Swedish with "
+        f"---\n{data.to_yaml()}\n---\n\n# {data.model_name}\n\nWhisper fine-tuned on {language_name(language)} with "
         f"whisper-sv from `{cfg.model}` on `{cfg.train_data}`.\n\n{wer_line}\n\n"
-        "Served with Swedish forced (`language=\"sv\"`, `task=\"transcribe\"`) and without timestamps.\n"
+        f"Served with {language_name(language)} forced (`language=\"{whisper_language(language)}\"`, `task=\"transcribe\"`) "
+        "and without timestamps.\n"
     )
     return write_atomic(final / "README.md", str(card))  # what card.save writes, atomically
 

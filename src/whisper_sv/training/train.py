@@ -43,7 +43,7 @@ from ..data.recipe import nospeech_token_id
 from ..models.decoding import quiet_library_notices
 from ..models.encoder_window import accept_short_windows, frames_for, record_window
 from ..models.lora import LoraSettings, apply_lora, check_device, check_rank, merge_for_final, quantization_config, trainable_parameters
-from ..models.specs import load_model
+from ..models.specs import DEFAULT_LANGUAGE, force_language, load_model
 from .checkpoints import (
     FINISHED_RECORD,
     checkpoint_step,
@@ -170,7 +170,9 @@ def comparable_feature_config(config: dict[str, Any], recipe: bool = True) -> di
 def prepare_model(cfg: TrainConfig, feature_config: dict[str, Any], lora: LoraSettings | None = None):
     """Model and processor with Swedish forced, freezing and SpecAugment applied (a LoRA run's base
     in 8 or 4 bits when its settings ask)."""
-    model, processor = load_model(cfg.model, quantization=quantization_config(lora) if lora else None)
+    # The labels' language (the store's) is what the model is trained, saved and later decoded with.
+    model, processor = load_model(cfg.model, quantization=quantization_config(lora) if lora else None,
+                                  language=feature_config.get("language"))
     n_mels = feature_config.get("n_mels")
     if n_mels is not None and n_mels != model.config.num_mel_bins:
         raise ValueError(
@@ -312,6 +314,7 @@ def train(cfg: TrainConfig, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     if lora is not None:  # final/ is a plain Whisper checkpoint; the adapter alone goes in final/adapter
         model = merge_for_final(model, final, cfg.model if lora.quantization else None)
     model.config.use_cache = True  # off only for training; generation from final/ wants it
+    force_language(model, feature_config.get("language"))  # final/ decodes its labels' language (a merge may reset it)
     if lora is not None:
         model.save_pretrained(str(final))
     else:
@@ -324,7 +327,7 @@ def train(cfg: TrainConfig, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     write_metrics(run_dir, trainer.state.log_history)
     if trainer.state.log_history:
         draw_curves(run_dir, trainer.state.log_history, cfg.figure)
-    write_model_card(final, cfg, metrics)
+    write_model_card(final, cfg, metrics, feature_config.get("language") or DEFAULT_LANGUAGE)
     length = cfg.training_arguments()
     record_finished(run_dir, final, {"max_steps": length["max_steps"], "num_train_epochs": length.get("num_train_epochs"),
                                      "global_step": trainer.state.global_step, "metrics": metrics})
