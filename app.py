@@ -20,13 +20,13 @@ except ModuleNotFoundError:  # a Space that only copied the repository: use the 
     sys.path.insert(0, str(Path(__file__).resolve().parent / "src"))
 
 from whisper_sv.common.options import build, env_options
-from whisper_sv.serving.app import AppConfig, build_demo, launch
+from whisper_sv.serving.app import AppConfig, build_app, launch
 
 cfg = build(AppConfig, env_options(
     AppConfig, "WHISPER_SV_", os.environ,
     aliases={"host": "GRADIO_SERVER_NAME", "port": "GRADIO_SERVER_PORT", "min_window_s": "WHISPER_SV_MIN_WINDOW"},
 ))
-demo = build_demo(cfg)
+demo = build_app(cfg)
 
 if __name__ == "__main__":
     launch(demo, cfg, block=True)

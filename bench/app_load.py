@@ -328,7 +328,7 @@ def main(argv: list[str] | None = None) -> dict:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from inference import cpu_model, speech_of_length
 
-    from whisper_sv.serving.app import AppConfig, build_demo, launch
+    from whisper_sv.serving.app import AppConfig, build_app, launch
     from whisper_sv.serving.inference import pick_backend
 
     clip_dir = OUT / "inference_clips"
@@ -339,7 +339,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     cfg = AppConfig(port=free_port())
     transcriber = pick_backend(cfg.model)  # what `whisper-sv app` serves by default
-    demo = build_demo(cfg, transcriber=transcriber)
+    demo = build_app(cfg, transcriber=transcriber)
     _, url, _ = launch(demo, cfg, block=False)
     files = hostile_files(OUT / "hostile", secret=next(clip_dir.resolve().glob("*.mp3"))) if args.hostile else {}
     longs = long_clips([float(x) for x in args.long_seconds.split(",")], clip_dir) if args.mix else []

@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     from whisper_sv.common.metrics import wer_report
     from whisper_sv.data.sources import iter_clips
-    from whisper_sv.serving.inference import NO_SPEECH, FasterWhisperBackend, InferenceOptions, ct2_dir_for, default_model_spec
+    from whisper_sv.serving.inference import NO_SPEECH, FasterWhisperBackend, InferenceConfig, ct2_dir_for, default_model_spec
 
     spec = args.model or default_model_spec()
     ct2 = ct2_dir_for(spec)
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> dict:
         return " ".join(s.text.strip() for s in segments)
 
     def app(window_s: int):
-        backend = FasterWhisperBackend(ct2, device="cpu", options=InferenceOptions(min_window_s=window_s), cpu_threads=threads)
+        backend = FasterWhisperBackend(ct2, device="cpu", options=InferenceConfig(min_window_s=window_s), cpu_threads=threads)
         return lambda audio: backend.decode([audio])[0]
 
     served = FasterWhisperBackend(ct2, device="cpu", cpu_threads=threads)  # the app's defaults, VAD included
@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> dict:
         return "" if text == NO_SPEECH else text
 
     sides = {"faster-whisper": native, **{f"app, {w} s": app(w) for w in WINDOWS},
-             f"app default with VAD ({InferenceOptions.min_window_s:g} s)": app_default}
+             f"app default with VAD ({InferenceConfig.min_window_s:g} s)": app_default}
     results = {"model": spec, "ct2": str(ct2), "data": args.data, "split": args.split, "clips": len(clips),
                "mean_clip_s": float(np.mean([len(c.audio) / 16000 for c in clips])), "sides": {}}
     for name, decode in sides.items():

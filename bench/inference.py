@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> dict:
     from transformers import pipeline
 
     from whisper_sv.models.packaged import packaged_transformers_dir
-    from whisper_sv.serving.inference import InferenceOptions, pick_backend
+    from whisper_sv.serving.inference import InferenceConfig, pick_backend
 
     threads = os.cpu_count() or 1
     torch.set_num_threads(threads)
@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> dict:
     t0 = time.perf_counter()
     default = pick_backend("packaged:whisper-base")  # what `whisper-sv app` serves without --model
     load_default = time.perf_counter() - t0
-    full_window = pick_backend("packaged:whisper-base", options=InferenceOptions(min_window_s=30))
+    full_window = pick_backend("packaged:whisper-base", options=InferenceConfig(min_window_s=30))
     t0 = time.perf_counter()
     hf = pipeline("automatic-speech-recognition", model=str(packaged_transformers_dir()), chunk_length_s=30,
                   device="cpu", dtype=torch.float32)

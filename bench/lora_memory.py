@@ -112,7 +112,7 @@ def count(size: str, r: int = 32, part: str = "both") -> Counts:
     from torch import nn
     from transformers.quantizers.base import get_keys_to_not_convert
 
-    from whisper_sv.models.lora import LoraSettings, apply_lora
+    from whisper_sv.models.lora import LoraConfig, apply_lora
 
     model = whisper(SIZES[size])
     total = sum(p.numel() for p in model.parameters())
@@ -121,7 +121,7 @@ def count(size: str, r: int = 32, part: str = "both") -> Counts:
     quantized = sum(m.weight.numel() for m in linears)
     rows = sum(m.out_features for m in linears)
     with torch.device("meta"):  # the adapter's own weights on meta too
-        peft_model = apply_lora(model, LoraSettings(r=r, alpha=2 * r, part=part))
+        peft_model = apply_lora(model, LoraConfig(r=r, alpha=2 * r, part=part))
     lora = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
     return Counts(total, lora, quantized, rows)
 
@@ -220,13 +220,13 @@ def saved_bytes(model, batch: int, s_dec: int) -> int:
 
 def check(batch: int = 2, s_dec: int = 64) -> list[dict]:
     """The activation formula (fp32 CPU numbers) against what autograd keeps, whisper-base-shaped."""
-    from whisper_sv.models.lora import LoraSettings, apply_lora
+    from whisper_sv.models.lora import LoraConfig, apply_lora
 
     rows = []
     for lora, dropout in ((None, False), ("both", False), ("both", True), ("decoder", True)):
         model = whisper(BASE, device="cpu")
         if lora:
-            model = apply_lora(model, LoraSettings(part=lora, dropout=0.05 if dropout else 0.0))
+            model = apply_lora(model, LoraConfig(part=lora, dropout=0.05 if dropout else 0.0))
         counted = saved_bytes(model, batch, s_dec)
         formula = activations(BASE, batch, s_dec, lora, dropout, checkpointing=False, n=CPU_SAVED)
         rows.append({"method": "full fine-tune" if lora is None else f"LoRA {lora}, dropout {0.05 if dropout else 0}",

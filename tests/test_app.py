@@ -24,8 +24,8 @@ from helpers import SENTENCE, render_test_clip  # noqa: E402
 
 from whisper_sv.audio.io import SAMPLE_RATE, load_audio  # noqa: E402
 from whisper_sv.common.metrics import normalize_text, wer_report  # noqa: E402
-from whisper_sv.serving.app import AppConfig, build_demo, launch  # noqa: E402
-from whisper_sv.serving.continuation import NO_LM, NOTHING_TO_CONTINUE, Continuer, GenerationSettings  # noqa: E402
+from whisper_sv.serving.app import AppConfig, build_app, launch  # noqa: E402
+from whisper_sv.serving.continuation import NO_LM, NOTHING_TO_CONTINUE, ContinuationConfig, Continuer  # noqa: E402
 from whisper_sv.serving.inference import NO_SPEECH, pick_backend  # noqa: E402
 from whisper_sv.synth.corpus import SENTENCES, read_sentences  # noqa: E402
 
@@ -108,7 +108,7 @@ def transcriber():
 def server(tmp_path_factory, transcriber):
     lm = build_tiny_lm(tmp_path_factory.mktemp("tiny-gpt2"))
     cfg = AppConfig(lm=str(lm), port=free_port(), max_upload_mb=MAX_UPLOAD_MB, max_seconds=MAX_SECONDS)
-    demo = build_demo(cfg, transcriber=transcriber)
+    demo = build_app(cfg, transcriber=transcriber)
     _, url, _ = launch(demo, cfg, block=False)
     yield SimpleNamespace(url=url.rstrip("/"), cfg=cfg, lm=lm)
     demo.close()
@@ -223,7 +223,7 @@ def test_continue_with_tiny_gpt2(client, server):
 
 def test_without_lm_the_page_says_so_and_still_transcribes(transcriber, files):
     cfg = AppConfig(port=free_port(), max_upload_mb=MAX_UPLOAD_MB, max_seconds=MAX_SECONDS)
-    demo = build_demo(cfg, transcriber=transcriber)
+    demo = build_app(cfg, transcriber=transcriber)
     _, url, _ = launch(demo, cfg, block=False)
     try:
         assert NO_LM in httpx.get(url + "config").text  # the page shows it before anyone clicks
@@ -236,7 +236,7 @@ def test_without_lm_the_page_says_so_and_still_transcribes(transcriber, files):
 
 def test_lm_that_cannot_load_offline_gives_a_plain_message(tmp_path):
     missing = Continuer("AI-Sweden-Models/no-such-model-offline")
-    out = missing.continue_text("Jag ska inte", GenerationSettings(max_new_tokens=5))
+    out = missing.continue_text("Jag ska inte", ContinuationConfig(max_new_tokens=5))
     assert "not available offline" in out and "--lm" in out and missing.status == out
     broken = tmp_path / "broken-lm"
     broken.mkdir()

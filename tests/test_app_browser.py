@@ -25,7 +25,7 @@ if not Path(CHROMIUM).exists():
 from helpers import SENTENCE, render_test_clip  # noqa: E402
 
 from whisper_sv.common.metrics import wer_report  # noqa: E402
-from whisper_sv.serving.app import AppConfig, build_demo, launch  # noqa: E402
+from whisper_sv.serving.app import AppConfig, build_app, launch  # noqa: E402
 
 # Offline and quiet: no first-run UI, no network services, no QUIC; sandbox off for containers/root.
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -42,7 +42,7 @@ def test_browser_uploads_a_clip_and_reads_the_transcript(tmp_path, figures_dir):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     cfg = AppConfig(port=port)
-    demo = build_demo(cfg, transcriber=pick_backend("packaged:whisper-base"))
+    demo = build_app(cfg, transcriber=pick_backend("packaged:whisper-base"))
     _, url, _ = launch(demo, cfg, block=False)
     try:
         with sync_api.sync_playwright() as pw:

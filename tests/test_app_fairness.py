@@ -133,14 +133,14 @@ def app_with(tmp_path):
     pytest.importorskip("gradio")
     from test_app import free_port
 
-    from whisper_sv.serving.app import AppConfig, build_demo, launch
+    from whisper_sv.serving.app import AppConfig, build_app, launch
     from whisper_sv.serving.continuation import Continuer
 
     demos = []
 
     def start(transcriber, **fields):
         cfg = AppConfig(port=free_port(), **fields)
-        demo = build_demo(cfg, transcriber=transcriber, continuer=Continuer(None))
+        demo = build_app(cfg, transcriber=transcriber, continuer=Continuer(None))
         demos.append(demo)
         _, url, _ = launch(demo, cfg, block=False)
         return url.rstrip("/")

@@ -31,7 +31,7 @@ from test_app import build_tiny_lm, free_port  # noqa: E402
 
 from whisper_sv.audio.io import SAMPLE_RATE, load_audio  # noqa: E402
 from whisper_sv.common.metrics import wer_report  # noqa: E402
-from whisper_sv.serving.app import AppConfig, build_demo, launch  # noqa: E402
+from whisper_sv.serving.app import AppConfig, build_app, launch  # noqa: E402
 from whisper_sv.serving.continuation import Continuer  # noqa: E402
 from whisper_sv.serving.inference import pick_backend  # noqa: E402
 
@@ -60,7 +60,7 @@ def server(tmp_path_factory, transcriber):
     unrelated.write_text("keep me")
     cfg = AppConfig(lm=str(lm), port=free_port(), max_upload_mb=MAX_UPLOAD_MB, max_seconds=MAX_SECONDS,
                     upload_dir=str(uploads))
-    demo = build_demo(cfg, transcriber=transcriber)
+    demo = build_app(cfg, transcriber=transcriber)
     _, url, _ = launch(demo, cfg, block=False)
     yield SimpleNamespace(url=url.rstrip("/"), cfg=cfg, uploads=uploads, stale=stale, unrelated=unrelated)
     demo.close()
@@ -184,7 +184,7 @@ def test_uploads_are_deleted_after_use_and_at_shutdown(server, transcriber, tmp_
     sf.write(clip, (0.1 * np.sin(np.arange(SAMPLE_RATE) / 5)).astype(np.float32), SAMPLE_RATE)
     uploads = server.uploads
     cfg = AppConfig(port=free_port(), upload_dir=str(uploads), upload_ttl_s=1)
-    demo = build_demo(cfg, transcriber=transcriber, continuer=Continuer(None))
+    demo = build_app(cfg, transcriber=transcriber, continuer=Continuer(None))
     _, url, _ = launch(demo, cfg, block=False)
     try:
         assert transcribe(Client(url, verbose=False), clip)
@@ -196,7 +196,7 @@ def test_uploads_are_deleted_after_use_and_at_shutdown(server, transcriber, tmp_
     finally:
         demo.close()
     cfg = AppConfig(port=free_port(), upload_dir=str(uploads))  # the default lifetime, 10 minutes
-    demo = build_demo(cfg, transcriber=transcriber, continuer=Continuer(None))
+    demo = build_app(cfg, transcriber=transcriber, continuer=Continuer(None))
     _, url, _ = launch(demo, cfg, block=False)
     try:
         r = httpx.post(f"{url.rstrip('/')}/gradio_api/upload", files={"files": ("kept.wav", clip.read_bytes())})
@@ -272,7 +272,7 @@ def test_an_unexpected_failure_is_a_message_not_null(server, clip):
             raise IndexError("index 448 is out of bounds")
 
     cfg = AppConfig(port=free_port(), upload_dir=str(server.uploads))
-    demo = build_demo(cfg, transcriber=Broken(), continuer=Continuer(None))
+    demo = build_app(cfg, transcriber=Broken(), continuer=Continuer(None))
     _, url, _ = launch(demo, cfg, block=False)
     try:
         with pytest.raises(AppError) as err:

@@ -17,7 +17,7 @@ pytest.importorskip("gradio")
 
 from helpers import render_test_clip  # noqa: E402
 
-from whisper_sv.serving.app import AppConfig, build_demo, launch  # noqa: E402
+from whisper_sv.serving.app import AppConfig, build_app, launch  # noqa: E402
 from whisper_sv.serving.continuation import Continuer  # noqa: E402
 
 BENCH = Path(__file__).resolve().parents[1] / "bench" / "app_load.py"
@@ -37,7 +37,7 @@ def test_twenty_concurrent_clients(tmp_path):
     bench = _bench()
     clip = render_test_clip(tmp_path)
     cfg = AppConfig(port=bench.free_port())  # the defaults: concurrency 1, queue of 64
-    demo = build_demo(cfg, transcriber=pick_backend("packaged:whisper-base"), continuer=Continuer(None))
+    demo = build_app(cfg, transcriber=pick_backend("packaged:whisper-base"), continuer=Continuer(None))
     _, url, _ = launch(demo, cfg, block=False)
     try:
         # The deadline only keeps a hung server from hanging the test; how fast 20 clients are
@@ -77,7 +77,7 @@ def test_queue_concurrency_and_size_limits(tmp_path):
     sf.write(clip, (0.1 * np.sin(np.arange(16000) / 5)).astype(np.float32), 16000)
     fake = SlowFake()
     cfg = AppConfig(port=bench.free_port(), queue_size=2, concurrency=1)
-    demo = build_demo(cfg, transcriber=fake, continuer=Continuer(None))
+    demo = build_app(cfg, transcriber=fake, continuer=Continuer(None))
     _, url, _ = launch(demo, cfg, block=False)
     try:
         clients = [Client(url, verbose=False) for _ in range(8)]

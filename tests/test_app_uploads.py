@@ -22,7 +22,7 @@ import pytest
 pytest.importorskip("gradio")
 from test_app import free_port  # noqa: E402
 
-from whisper_sv.serving.app import UPLOADS_MARKER, UPLOADS_PREFIX, AppConfig, build_demo, launch  # noqa: E402
+from whisper_sv.serving.app import UPLOADS_MARKER, UPLOADS_PREFIX, AppConfig, build_app, launch  # noqa: E402
 from whisper_sv.serving.continuation import Continuer  # noqa: E402
 
 
@@ -65,7 +65,7 @@ def shared_dir(tmp_path) -> Path:
 
 def start(upload_dir: Path, **kwargs):
     cfg = AppConfig(port=free_port(), upload_dir=str(upload_dir), **kwargs)
-    demo = build_demo(cfg, transcriber=Echo(), continuer=Continuer(None))
+    demo = build_app(cfg, transcriber=Echo(), continuer=Continuer(None))
     _, url, _ = launch(demo, cfg, block=False)
     return demo, url.rstrip("/")
 

@@ -19,7 +19,7 @@ from whisper_sv.models.decoding import compression_ratio, ct2_max_length, cut_re
 from whisper_sv.serving.inference import (
     NO_SPEECH,
     FasterWhisperBackend,
-    InferenceOptions,
+    InferenceConfig,
     ct2_dir_for,
     default_model_spec,
     peak_dbfs,
@@ -108,13 +108,13 @@ def test_window_frames():
     assert window_frames(232, 30) == 3000  # 30: Whisper's own window
     assert window_frames(232, 2.5) == 400  # the clip + 1 s, rounded up to 4 s
     with pytest.raises(ValueError, match="min_window_s"):
-        InferenceOptions(min_window_s=0.5)
+        InferenceConfig(min_window_s=0.5)
     with pytest.raises(ValueError, match="min_window_s"):
-        InferenceOptions(min_window_s=31)
+        InferenceConfig(min_window_s=31)
     with pytest.raises(ValueError, match="temperatures"):
-        InferenceOptions(temperatures=())
+        InferenceConfig(temperatures=())
     with pytest.raises(ValueError, match="decode_threads"):
-        InferenceOptions(decode_threads=0)
+        InferenceConfig(decode_threads=0)
 
 
 @pytest.mark.slow
@@ -137,7 +137,7 @@ def test_fw_encodes_a_window_fitted_to_the_speech(fw, spy, clip):
     text = fw.transcribe(load_audio(clip))
     assert spy.encoded == [(1, 80, 1500)] and len(spy.generated) == 1
     assert wer_report([SENTENCE], [text])["cer"] < 0.3, text
-    full = FasterWhisperBackend(fw.ct2_dir, options=InferenceOptions(min_window_s=30, decode_threads=None))
+    full = FasterWhisperBackend(fw.ct2_dir, options=InferenceConfig(min_window_s=30, decode_threads=None))
     assert full.decoder is full.ct2  # one model, one thread count
     full_spy = Spy(full)
     assert "30 s window" in full.name and "15-30 s window" in fw.name
@@ -153,7 +153,7 @@ def test_fw_temperature_fallback(fw, spy, clip):
     the likeliest one that is not a repetition loop is kept."""
     fw.transcribe(load_audio(clip))
     assert len(spy.generated) == 1 and "sampling_temperature" not in spy.generated[0]  # default: greedy once
-    picky = FasterWhisperBackend(fw.ct2_dir, options=InferenceOptions(temperatures=(0.0, 0.5, 1.0), min_avg_logprob=0.0))
+    picky = FasterWhisperBackend(fw.ct2_dir, options=InferenceConfig(temperatures=(0.0, 0.5, 1.0), min_avg_logprob=0.0))
     picky_spy = Spy(picky)
     picky.transcribe(load_audio(clip))  # no decode has a mean log-probability of 0: all three tries run
     assert [g.get("sampling_temperature") for g in picky_spy.generated] == [None, 0.5, 1.0]
@@ -171,7 +171,7 @@ def test_fw_temperature_fallback(fw, spy, clip):
     assert picky.decode([audio]) == ["Jag ska inte ringa dig."]
     tries[0.5], tries[1.0] = ("ja ja " * 10, -0.3, 0.01), ("nej " * 20, -0.05, 0.01)
     assert picky.decode([audio]) == ["nej"]  # every try loops: the likeliest, cut at its loop
-    picky.options = InferenceOptions(temperatures=(0.0, 0.5, 1.0))  # the default bar, -1.0
+    picky.options = InferenceConfig(temperatures=(0.0, 0.5, 1.0))  # the default bar, -1.0
     tries[0.5] = ("Jag ska inte ringa dig.", -0.6, 0.01)
     asked.clear()
     assert picky.decode([audio]) == ["Jag ska inte ringa dig."] and asked == [0.0, 0.5]  # passes: no third try
@@ -185,9 +185,9 @@ def test_whisper_no_speech_rule_drops_a_chunk(fw, clip):
     drops a chunk the VAD let through; with both bars at 0 every chunk counts as silence."""
     audio = load_audio(clip)
     assert fw.transcribe(audio) != NO_SPEECH
-    strict = FasterWhisperBackend(fw.ct2_dir, options=InferenceOptions(no_speech_prob=0.0, min_avg_logprob=0.0))
+    strict = FasterWhisperBackend(fw.ct2_dir, options=InferenceConfig(no_speech_prob=0.0, min_avg_logprob=0.0))
     assert strict.decode(speech_chunks(audio)) == [""] and strict.transcribe(audio) == NO_SPEECH
-    lenient = FasterWhisperBackend(fw.ct2_dir, options=InferenceOptions(no_speech_prob=0.0, min_avg_logprob=-100.0))
+    lenient = FasterWhisperBackend(fw.ct2_dir, options=InferenceConfig(no_speech_prob=0.0, min_avg_logprob=-100.0))
     assert lenient.transcribe(audio) == fw.transcribe(audio)  # a likely enough decode is kept
 
 
@@ -258,7 +258,7 @@ def test_which_backend_a_spec_gets(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="choose one of"):
         pick_backend("packaged:whisper-base", backend="onnx")
     with pytest.raises(ValueError, match="30 s"):
-        InferenceOptions(max_chunk_s=45)
+        InferenceConfig(max_chunk_s=45)
 
 
 def test_cli_transcribe_json_lines(clip, tmp_path, capsys):
@@ -319,6 +319,6 @@ def test_transformers_backend_cuts_loops_too(monkeypatch, clip):
 
     backend = TransformersBackend.__new__(TransformersBackend)  # no model: transcribe_arrays is stubbed
     backend.model = backend.processor = None
-    backend.options, backend._lock = InferenceOptions(), __import__("threading").Lock()
+    backend.options, backend._lock = InferenceConfig(), __import__("threading").Lock()
     monkeypatch.setattr(inference_module, "transcribe_arrays", lambda m, p, chunks, o: ["ja " * 200] * len(chunks))
     assert backend.transcribe(load_audio(clip)) == "ja"

@@ -27,11 +27,11 @@ def test_a_language_whisper_does_not_know_is_one_line_naming_the_codes():
 
 
 def test_inference_options_refuse_an_unknown_language_before_any_model_loads():
-    from whisper_sv.serving.inference import InferenceOptions
+    from whisper_sv.serving.inference import InferenceConfig
 
-    assert InferenceOptions(language="nb").language == "nb"
+    assert InferenceConfig(language="nb").language == "nb"
     with pytest.raises(UserError, match="'swe'"):
-        InferenceOptions(language="swe")
+        InferenceConfig(language="swe")
 
 
 class _Gen:

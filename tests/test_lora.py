@@ -14,7 +14,7 @@ import pytest
 from helpers import sigkill_after_checkpoint
 
 from whisper_sv.common.errors import UserError
-from whisper_sv.models.lora import LoraSettings, target_pattern
+from whisper_sv.models.lora import LoraConfig, target_pattern
 from whisper_sv.training.config import build_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,16 +29,16 @@ def _tensors(path):
 
 def test_settings_are_checked_in_one_line():
     with pytest.raises(UserError, match="unknown lora key"):
-        LoraSettings.parse({"rank": 8})
+        LoraConfig.parse({"rank": 8})
     with pytest.raises(UserError, match="part='decoders'"):
-        LoraSettings.parse({"part": "decoders"})
+        LoraConfig.parse({"part": "decoders"})
     with pytest.raises(UserError, match="r=0"):
-        LoraSettings.parse({"r": 0})
+        LoraConfig.parse({"r": 0})
     with pytest.raises(ValueError, match="trains the encoder"):
         build_config({"output_dir": "o", "train_data": "t", "model": "random:tiny", "freeze_encoder": True,
                       "encoder_cache": "cross_kv", "lora": {"part": "both"}})
     cfg = build_config({"output_dir": "o", "train_data": "t", "model": "random:tiny", "lora": {"r": 4}})
-    assert cfg.lora == {**LoraSettings(r=4).to_dict()}  # resolved: the run folder's config.json says every value
+    assert cfg.lora == {**LoraConfig(r=4).to_dict()}  # resolved: the run folder's config.json says every value
 
 
 def test_a_quantized_base_is_refused_on_a_cpu(tmp_path, sv_stores, capsys):
@@ -85,7 +85,7 @@ def test_target_pattern_picks_the_attention_projections_of_the_part(cached, part
     names = [f"model.{stack}.layers.1.{block}.{proj}" for stack in blocks for block in blocks[stack]
              for proj in ("q_proj", "k_proj", "v_proj", "out_proj")]
     names += ["model.decoder.layers.1.fc1", "proj_out", "model.decoder.embed_tokens"]
-    pattern = target_pattern(LoraSettings(part=part), cached_cross_kv=cached)
+    pattern = target_pattern(LoraConfig(part=part), cached_cross_kv=cached)
     short = {n.replace("model.encoder.layers.1.", "e.").replace("model.decoder.layers.1.", "d.")
              for n in names if re.fullmatch(pattern, n)}
     assert short == expected
@@ -100,7 +100,7 @@ def test_adapter_init_is_drawn_from_the_seed_alone():
     from whisper_sv.models.specs import load_model
 
     def lora_a(seed):
-        model = apply_lora(load_model("random:tiny")[0], LoraSettings(r=4), seed=seed)
+        model = apply_lora(load_model("random:tiny")[0], LoraConfig(r=4), seed=seed)
         return {k: v.clone() for k, v in model.state_dict().items() if "lora_A" in k}
 
     torch.manual_seed(1)

@@ -1,4 +1,4 @@
-"""Options made from config dataclasses: flags, help text from field comments, environment variables."""
+"""Options made from config dataclasses: flags, help text from field metadata, environment variables."""
 
 from __future__ import annotations
 
@@ -8,18 +8,17 @@ from dataclasses import dataclass, field
 import pytest
 
 from whisper_sv.common.errors import UserError
-from whisper_sv.common.options import add_options, build, env_options, field_comments, options_from, value_from_text
+from whisper_sv.common.options import add_options, build, env_options, option, options_from, value_from_text
 
 
 @dataclass(frozen=True)
 class Example:
-    name: str  # what it is called
-    steps: int = 10  # how many
-    # Two lines of why,
-    # above the field.
-    rate: float | None = None
+    name: str = option(help="what it is called")
+    steps: int = option(10, "how many")  # a comment is for readers of the code, not --help
+    rate: float | None = option(None, "Two lines of why, above the field.")
     verbose: bool = False
     tags: dict[str, float] = field(default_factory=dict)
+    shape: list[int] = option(factory=lambda: [2, 3], help="a mutable default")
 
 
 def parse(argv: list[str]) -> dict:
@@ -28,12 +27,13 @@ def parse(argv: list[str]) -> dict:
     return options_from(p.parse_args(argv), Example)
 
 
-def test_field_comments_come_from_the_line_or_the_block_above():
-    comments = field_comments(Example)
-    assert comments["name"] == "what it is called"
-    assert comments["steps"] == "how many"
-    assert comments["rate"] == "Two lines of why, above the field."
-    assert comments["verbose"] == ""
+def test_help_comes_from_the_field_metadata_not_the_comments():
+    p = argparse.ArgumentParser(allow_abbrev=False)
+    add_options(p, Example)
+    help_text = " ".join(p.format_help().split())
+    assert "what it is called (required)" in help_text and "how many (default: 10)" in help_text
+    assert "a mutable default (default: [2, 3])" in help_text and "for readers" not in help_text
+    assert Example(name="x").shape == [2, 3] and Example(name="x").shape is not Example(name="y").shape
 
 
 def test_flags_read_values_by_the_field_type_and_leave_the_rest_unset():
@@ -114,13 +114,13 @@ def test_train_help_lists_every_key_with_its_default_and_flags_mix_with_training
 
 def test_transcribe_reaches_every_decoding_option_including_the_temperature_fallback():
     from whisper_sv.cli import build_parser
-    from whisper_sv.serving.inference import InferenceOptions
+    from whisper_sv.serving.inference import InferenceConfig
 
     args = build_parser().parse_args(["transcribe", "a.wav", "--temperatures", "[0, 0.4]", "--min-window", "20"])
-    options = build(InferenceOptions, options_from(args, InferenceOptions))
-    assert options == InferenceOptions(temperatures=(0.0, 0.4), min_window_s=20.0)
+    options = build(InferenceConfig, options_from(args, InferenceConfig))
+    assert options == InferenceConfig(temperatures=(0.0, 0.4), min_window_s=20.0)
     with pytest.raises(ValueError, match="temperatures"):
-        build(InferenceOptions, {"temperatures": [-1]})
+        build(InferenceConfig, {"temperatures": [-1]})
 
 
 def test_features_flags_are_the_feature_config_fields():

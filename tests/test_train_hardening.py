@@ -87,13 +87,13 @@ def test_fp16_true_under_auto_is_precision_fp16():
 
 def test_lora_targets_are_checked_against_the_loaded_model():
     from whisper_sv.common.errors import UserError
-    from whisper_sv.models.lora import LoraSettings, check_targets
+    from whisper_sv.models.lora import LoraConfig, check_targets
     from whisper_sv.models.specs import RANDOM_TINY, load_model
 
     model, _ = load_model(RANDOM_TINY)
-    check_targets(model, LoraSettings(r=64))
+    check_targets(model, LoraConfig(r=64))
     with pytest.raises(UserError, match="r=65 is larger than the layers it adapts"):
-        check_targets(model, LoraSettings(r=65))
+        check_targets(model, LoraConfig(r=65))
 
 
 # ---------------------------------------------------------------------------------------------

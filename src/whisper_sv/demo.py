@@ -37,7 +37,7 @@ from pathlib import Path
 
 from .common.errors import is_user_error, one_line
 from .common.fileio import write_atomic, write_json
-from .common.options import add_options, build, options_from
+from .common.options import add_options, build, option, options_from
 from .data.feature_config import FeatureConfig
 from .data.voices import INSTALL_MBROLA
 from .evaluation.evaluate import evaluate
@@ -51,29 +51,39 @@ from .training.train import train
 
 @dataclass(frozen=True)
 class DemoConfig:
-    corpus: str = "corpus/sv-synth"  # where the synthetic corpus goes
-    features: str = "features/sv-synth"  # feature stores, one folder per split
-    clips: int = SynthConfig.clips  # corpus size
-    seed: int = 0  # corpus seed: the same seed gives the same clips, byte for byte
-    voices: str = SynthConfig.voices  # voice families of the corpus (espeak and mbrola where MBROLA is installed)
-    # The speaker the model never hears in training: the table's "unseen speaker" row. "" holds
-    # out none; the default needs MBROLA (without it the demo holds out no one and says so).
-    holdout_speaker: str = "mbrola-sw2"
-    realism: bool = True  # noise, rooms, telephone, level and speed changes (synth's --realism); false: clean clips
-    preset: str = "cpu-demo"  # the training recipe: a JSON file or a preset that ships (whisper_sv/configs)
-    eval_clips: int = 100  # test clips scored before and after
-    workers: int = 2  # processes for the corpus and the features
-    figure: str | None = "img/demo.png"  # the before/after table as a picture; null: none
-    # The report card after the export (base against tuned: long-form, timestamps, non-speech,
-    # English, export parity); false skips it.
-    report_card: bool = True
-    english_corpus: str = "corpus/en-synth"  # the card's other language, made by the demo (synth --language en)
-    english_clips: int = 300  # its size (test split: a tenth)
-    card_longform: int = 2  # long-form recordings of at least a minute on the card
-    card_figure: str | None = "img/report_card.png"  # the card as a picture; null: only in the run folder
-    # The training recipe that keeps what the base could do (recipe.py keys), e.g. {"stitched_share":
-    # 0.25, "nonspeech_share": 0.05, "replay_share": 0.1} (replay from english_corpus); null: plain clips only.
-    recipe: dict | None = None
+    corpus: str = option("corpus/sv-synth", "where the synthetic corpus goes")
+    features: str = option("features/sv-synth", "feature stores, one folder per split")
+    clips: int = option(SynthConfig.clips, "corpus size")
+    seed: int = option(0, "corpus seed: the same seed gives the same clips, byte for byte")
+    voices: str = option(SynthConfig.voices, (
+        "voice families of the corpus (espeak and mbrola where MBROLA is installed)"
+    ))
+    holdout_speaker: str = option("mbrola-sw2", (
+        "The speaker the model never hears in training: the table's \"unseen speaker\" row. \"\" holds "
+        "out none; the default needs MBROLA (without it the demo holds out no one and says so)."
+    ))
+    realism: bool = option(True, (
+        "noise, rooms, telephone, level and speed changes (synth's --realism); false: clean clips"
+    ))
+    preset: str = option("cpu-demo", "the training recipe: a JSON file or a preset that ships (whisper_sv/configs)")
+    eval_clips: int = option(100, "test clips scored before and after")
+    workers: int = option(2, "processes for the corpus and the features")
+    figure: str | None = option("img/demo.png", "the before/after table as a picture; null: none")
+    report_card: bool = option(True, (
+        "The report card after the export (base against tuned: long-form, timestamps, non-speech, "
+        "English, export parity); false skips it."
+    ))
+    english_corpus: str = option("corpus/en-synth", (
+        "the card's other language, made by the demo (synth --language en)"
+    ))
+    english_clips: int = option(300, "its size (test split: a tenth)")
+    card_longform: int = option(2, "long-form recordings of at least a minute on the card")
+    card_figure: str | None = option("img/report_card.png", "the card as a picture; null: only in the run folder")
+    recipe: dict | None = option(None, (
+        "The training recipe that keeps what the base could do (recipe.py keys), e.g. "
+        "{\"stitched_share\": 0.25, \"nonspeech_share\": 0.05, \"replay_share\": 0.1} (replay from "
+        "english_corpus); null: plain clips only."
+    ))
 
 
 def run_demo(cfg: DemoConfig = DemoConfig()) -> dict:

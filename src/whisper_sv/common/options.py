@@ -1,8 +1,8 @@
 """One way to wire options: command-line flags and environment variables made from config dataclasses.
 
-A config dataclass is the single place a setting is declared: its name, type, default and, in the
-comment beside (or the comment lines just above) the field, what it does. `add_options` turns the
-fields into ``--flag`` arguments whose ``--help`` shows that comment and the default;
+A config dataclass is the single place a setting is declared: its name, type, default and what it
+does, the last in the field's metadata (``name: int = option(3, "what it does")``, `option`).
+`add_options` turns the fields into ``--flag`` arguments whose ``--help`` shows that text and the default;
 `options_from` collects the flags a user gave; `env_options` reads the same fields from environment
 variables (a Hugging Face Space is configured that way). Values are read as the field's type says:
 ``true/false`` (or 1/0) for a bool, ``null`` for an optional value, JSON for numbers, lists and dicts, the
@@ -15,10 +15,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
-import inspect
-import io
 import json
-import tokenize
 import types
 import typing
 from typing import Any, Mapping
@@ -30,33 +27,10 @@ _TRUE = {"true", "1"}
 _FALSE = {"false", "0"}
 
 
-@functools.cache
-def field_comments(cls: type) -> dict[str, str]:
-    """``{field: comment}`` from the source of dataclass `cls`: the comment on the field's line, else the block above it."""
-    comments: dict[str, str] = {}
-    names = {f.name for f in dataclasses.fields(cls)}
-    for klass in reversed(cls.__mro__):
-        if not dataclasses.is_dataclass(klass) or klass is object:
-            continue
-        try:
-            source = inspect.getsource(klass)
-        except (OSError, TypeError):  # no source (a frozen app): flags without help text still work
-            continue
-        block: list[str] = []
-        line_comments: dict[int, str] = {}
-        for tok in tokenize.generate_tokens(io.StringIO(source).readline):
-            if tok.type == tokenize.COMMENT:
-                line_comments[tok.start[0]] = tok.string.lstrip("#").strip()
-        for number, line in enumerate(source.splitlines(), 1):
-            stripped = line.strip()
-            if stripped.startswith("#"):
-                block.append(line_comments.get(number, ""))
-                continue
-            name = stripped.split(":", 1)[0].strip() if ":" in stripped else ""
-            if name in names and stripped.startswith(name):
-                comments[name] = line_comments.get(number) or " ".join(block)
-            block = []
-    return comments
+def option(default: Any = dataclasses.MISSING, help: str = "", *, factory: Any = dataclasses.MISSING) -> Any:
+    """A dataclass field whose ``--help`` text is `help` (kept in the field's metadata, which
+    `add_options` reads): ``clips: int = option(3000, "corpus size")``; `factory` for a mutable default."""
+    return dataclasses.field(default=default, default_factory=factory, metadata={"help": help})
 
 
 def value_from_text(text: str, hint: Any) -> Any:
@@ -88,7 +62,7 @@ def value_from_text(text: str, hint: Any) -> Any:
 
 def add_options(parser: argparse.ArgumentParser, cls: type, *, skip: tuple[str, ...] = (),
                 aliases: Mapping[str, str] | None = None, title: str | None = None) -> None:
-    """One ``--field-name`` flag per field of dataclass `cls`, help from its comment.
+    """One ``--field-name`` flag per field of dataclass `cls`, help from its metadata (`option`).
 
     ``--field_name`` (the preset's spelling) works too, unlisted, and so does an older spelling
     given in `aliases` (field -> flag). Flags default to "not given" (`argparse.SUPPRESS`) so a
@@ -96,7 +70,6 @@ def add_options(parser: argparse.ArgumentParser, cls: type, *, skip: tuple[str, 
     """
     group = parser.add_argument_group(title) if title else parser
     hints = typing.get_type_hints(cls)
-    comments = field_comments(cls)
     for f in dataclasses.fields(cls):
         if f.name in skip or not f.init:
             continue
@@ -107,7 +80,7 @@ def add_options(parser: argparse.ArgumentParser, cls: type, *, skip: tuple[str, 
         default = f.default if f.default is not dataclasses.MISSING else (
             f.default_factory() if f.default_factory is not dataclasses.MISSING else None)  # type: ignore[misc]
         required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-        help_text = comments.get(f.name, "")
+        help_text = f.metadata.get("help", "")
         help_text = f"{help_text} ({'required' if required else f'default: {_show(default)}'})".strip()
         hint = hints.get(f.name, str)
         kwargs: dict[str, Any] = {}

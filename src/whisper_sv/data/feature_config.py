@@ -15,9 +15,19 @@ from typing import Any
 
 from ..audio.logmel import Smoothing
 from ..common.errors import UserError, check_field_types
+from ..common.options import option
 from ..models.specs import DEFAULT_LANGUAGE, DEFAULT_MODEL, TASK
 from .recipe import Recipe
 from .shard_format import FORMAT_VERSION, FORMATS
+
+# The one list of FeatureConfig's keys that say where clips come from or how rows are filed, not
+# how clips become numbers, in the subsets each check needs:
+# where a store's clips come from (another source, split or column: other clips, the same recipe);
+ORIGIN_KEYS = ("source", "split", "audio_column", "text_column")
+# how its rows are filed (which clips share a Parquet file; the file layout);
+FILING_KEYS = ("shard_size", "format_version")
+# and those a run sets itself (its --source and --split; the layout it writes), never a flag or a search.
+RUN_KEYS = ("source", "split", "format_version")
 
 
 @dataclass(frozen=True)
@@ -32,23 +42,28 @@ class FeatureConfig:
 
     source: str = ""
     split: str = "train"
-    model: str = DEFAULT_MODEL  # tokenizer (and n_mels) source: any model spec
-    language: str = DEFAULT_LANGUAGE  # the labels' language (sv, nb, en, ...): its Whisper token prefixes every label
-    task: str = TASK  # transcribe or translate
-    n_mels: int | None = None  # mel bins; null: what the model uses (80, or 128 for large-v3)
-    max_seconds: float = 30.0  # Whisper's window; longer clips are dropped, never truncated
-    max_label_tokens: int = 448  # decoder positions, prefix and <|endoftext|> included
-    shard_size: int = 500  # clips per Parquet shard (the unit of work, resume and hashing)
-    # OpenCV smoothing of the log-mel image: none, gaussian, median, bilateral, or a JSON object
-    # such as {"kind": "median", "ksize": 5}; null: none.
-    smoothing: Smoothing | None = None
-    audio_column: str = "audio"  # audio column of a Hub dataset
-    text_column: str | None = None  # transcript column of a Hub dataset; null: sentence, text, ...
+    model: str = option(DEFAULT_MODEL, "tokenizer (and n_mels) source: any model spec")
+    language: str = option(DEFAULT_LANGUAGE, (
+        "the labels' language (sv, nb, en, ...): its Whisper token prefixes every label"
+    ))
+    task: str = option(TASK, "transcribe or translate")
+    n_mels: int | None = option(None, "mel bins; null: what the model uses (80, or 128 for large-v3)")
+    max_seconds: float = option(30.0, "Whisper's window; longer clips are dropped, never truncated")
+    max_label_tokens: int = option(448, "decoder positions, prefix and <|endoftext|> included")
+    shard_size: int = option(500, "clips per Parquet shard (the unit of work, resume and hashing)")
+    smoothing: Smoothing | None = option(None, (
+        "OpenCV smoothing of the log-mel image: none, gaussian, median, bilateral, or a JSON object "
+        "such as {\"kind\": \"median\", \"ksize\": 5}; null: none."
+    ))
+    audio_column: str = option("audio", "audio column of a Hub dataset")
+    text_column: str | None = option(None, "transcript column of a Hub dataset; null: sentence, text, ...")
     format_version: int = FORMAT_VERSION
-    # Rows added beside the plain clips so a fine-tune keeps timestamps, silence and other
-    # languages (recipe.py): a JSON object of Recipe keys, e.g. {"stitched_share": 0.3,
-    # "nonspeech_share": 0.05, "replay_source": "cv:corpus/en-synth", "replay_share": 0.1}; null: none.
-    recipe: Recipe | None = None
+    recipe: Recipe | None = option(None, (
+        "Rows added beside the plain clips so a fine-tune keeps timestamps, silence and other "
+        "languages (recipe.py): a JSON object of Recipe keys, e.g. {\"stitched_share\": 0.3, "
+        "\"nonspeech_share\": 0.05, \"replay_source\": \"cv:corpus/en-synth\", \"replay_share\": 0.1}; null: "
+        "none."
+    ))
 
     def __post_init__(self):
         check_field_types(self, [f.name for f in dataclasses.fields(self) if f.name not in ("smoothing", "recipe")])

@@ -52,7 +52,7 @@ from ..audio.nonspeech import nonspeech_set
 from ..common.errors import UserError
 from ..common.fileio import write_atomic, write_json
 from ..common.metrics import normalize_text, wer_report
-from ..common.options import add_options, build, options_from
+from ..common.options import add_options, build, option, options_from
 from ..models.decoding import compression_ratio, cut_repetitions
 from ..models.specs import DEFAULT_LANGUAGE, PACKAGED_BASE, whisper_language
 
@@ -65,22 +65,24 @@ CARD_HEADING = "## Report card: what fine-tuning changed outside the test split"
 class ReportCardConfig:
     """What the card scores and on what; the figures of a model are reused while this is unchanged."""
 
-    model: str = ""  # the tuned model: a run folder, its final/, a Hub id or a folder
-    base: str = PACKAGED_BASE  # the model it was tuned from
-    data: str = "corpus/sv-synth"  # the target language's corpus (cv:PATH or a Common Voice folder)
-    split: str = "test"  # its split the card decodes (test clips and the long-form recordings)
-    language: str = DEFAULT_LANGUAGE  # the target language (sv, nb, ...), forced in every decode of it
-    clips: int = 100  # target-language clips through the app's backend
-    parity_clips: int = 16  # of those, how many also go through Transformers (export parity)
-    longform: int = 3  # long-form recordings
-    longform_s: float = 60.0  # each at least this long, seconds
-    nonspeech_s: float = 10.0  # length of each non-speech clip, seconds
-    other_data: str | None = "corpus/en-synth"  # another language's corpus; null (or missing) skips the section
-    other_language: str = "en"  # that corpus's language
-    other_clips: int = 40  # its test clips decoded
-    window_s: float = 15.0  # the app's encoder window (min_window_s) for the target section
-    seed: int = 0  # which pauses the long-form recordings get
-    out: str = "report_card"  # folder for the card's files
+    model: str = option("", "the tuned model: a run folder, its final/, a Hub id or a folder")
+    base: str = option(PACKAGED_BASE, "the model it was tuned from")
+    data: str = option("corpus/sv-synth", "the target language's corpus (cv:PATH or a Common Voice folder)")
+    split: str = option("test", "its split the card decodes (test clips and the long-form recordings)")
+    language: str = option(DEFAULT_LANGUAGE, "the target language (sv, nb, ...), forced in every decode of it")
+    clips: int = option(100, "target-language clips through the app's backend")
+    parity_clips: int = option(16, "of those, how many also go through Transformers (export parity)")
+    longform: int = option(3, "long-form recordings")
+    longform_s: float = option(60.0, "each at least this long, seconds")
+    nonspeech_s: float = option(10.0, "length of each non-speech clip, seconds")
+    other_data: str | None = option("corpus/en-synth", (
+        "another language's corpus; null (or missing) skips the section"
+    ))
+    other_language: str = option("en", "that corpus's language")
+    other_clips: int = option(40, "its test clips decoded")
+    window_s: float = option(15.0, "the app's encoder window (min_window_s) for the target section")
+    seed: int = option(0, "which pauses the long-form recordings get")
+    out: str = option("report_card", "folder for the card's files")
 
     def __post_init__(self):
         for name in ("clips", "longform", "other_clips"):
@@ -209,10 +211,10 @@ class ModelUnderTest:
     def backend(self, language: str, window_s: float):
         """The app's backend on the export (loaded once; the target and long-form sections share it)."""
         if (language, window_s) not in self._backends:
-            from ..serving.inference import FasterWhisperBackend, InferenceOptions
+            from ..serving.inference import FasterWhisperBackend, InferenceConfig
 
             self._backends[language, window_s] = FasterWhisperBackend(
-                self.ct2_dir, options=InferenceOptions(min_window_s=window_s), label=self.spec, language=language)
+                self.ct2_dir, options=InferenceConfig(min_window_s=window_s), label=self.spec, language=language)
         return self._backends[language, window_s]
 
     def whisper(self):

@@ -45,7 +45,7 @@ from ..common.errors import UserError
 from ..common.fileio import differing_keys, pid_is_alive, remove_dead_temp_files, write_atomic, write_json
 from ..common.locks import FileLock
 from ..common.options import add_options, options_from
-from ..data.feature_config import FeatureConfig
+from ..data.feature_config import ORIGIN_KEYS, RUN_KEYS, FeatureConfig
 from ..data.feature_store import (
     CLAIM_LOCK_NAME,
     CONFIG_NAME,
@@ -442,7 +442,7 @@ def _mismatch_message(out: Path, found: dict[str, Any], wanted: dict[str, Any]) 
         )
     keys = differing_keys(found, wanted)
     diff = {k: (found.get(k), wanted.get(k)) for k in keys}
-    if set(keys) <= {"source", "split", "audio_column", "text_column"}:
+    if set(keys) <= set(ORIGIN_KEYS):
         # --config cannot help here: the command line's --source and --split override it.
         return (
             f"{out} holds features of {found.get('source')} split {found.get('split')!r} (saved vs asked: {diff}); "
@@ -483,7 +483,7 @@ def _progress(total: int | None, enabled: bool, skipped: int):
 
 # FeatureConfig fields that are not flags: where the clips come from is the run's --source/--split,
 # and the shard format is the store's own.
-NOT_FLAGS = ("source", "split", "format_version")
+NOT_FLAGS = RUN_KEYS
 
 
 def add_cli(sub) -> None:

@@ -67,7 +67,7 @@ def ct2_max_length(new_tokens: int, prompt_length: int = 4) -> int:
 
 
 @dataclass(frozen=True)
-class DecodeOptions:
+class DecodeConfig:
     """How `transcribe_arrays` decodes; change with `dataclasses.replace`."""
 
     beam_size: int = 1  # 1 = greedy, the setting WER figures in this project use
@@ -118,7 +118,7 @@ def quiet_library_notices() -> None:
         logger.addFilter(_HarmlessNotice())
 
 
-def transcribe_arrays(model, processor, audios: Sequence[np.ndarray], options: DecodeOptions = DecodeOptions()) -> list[str]:
+def transcribe_arrays(model, processor, audios: Sequence[np.ndarray], options: DecodeConfig = DecodeConfig()) -> list[str]:
     """Transcribe 16 kHz mono float32 arrays; returns one stripped string per array, in order."""
     import torch  # as in generate_texts
 

@@ -28,7 +28,7 @@ LINEAR_LAYERS = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
 
 
 @dataclass(frozen=True)
-class LoraSettings:
+class LoraConfig:
     """The ``lora`` key of a training preset (a JSON object; null trains every weight)."""
 
     r: int = 32  # rank of each low-rank update
@@ -60,8 +60,8 @@ class LoraSettings:
                             f"layers; choose from {list(LINEAR_LAYERS)}")
 
     @classmethod
-    def parse(cls, value: "LoraSettings | dict[str, Any] | None") -> "LoraSettings | None":
-        if value is None or isinstance(value, LoraSettings):
+    def parse(cls, value: "LoraConfig | dict[str, Any] | None") -> "LoraConfig | None":
+        if value is None or isinstance(value, LoraConfig):
             return value
         if not isinstance(value, dict):
             raise UserError(f"lora={value!r}: give a JSON object such as {{\"r\": 32, \"alpha\": 64}}, or null")
@@ -77,7 +77,7 @@ class LoraSettings:
         return d
 
 
-def target_pattern(settings: LoraSettings, cached_cross_kv: bool = False) -> str:
+def target_pattern(settings: LoraConfig, cached_cross_kv: bool = False) -> str:
     """The regular expression of the module names LoRA adapts (peft matches it against the full name).
 
     With the decoder's cross-attention keys and values cached (``encoder_cache: cross_kv``), the
@@ -93,7 +93,7 @@ def target_pattern(settings: LoraSettings, cached_cross_kv: bool = False) -> str
     return pattern
 
 
-def check_device(settings: LoraSettings) -> None:
+def check_device(settings: LoraConfig) -> None:
     """A quantized base needs CUDA (bitsandbytes): refuse anywhere else in one line, before any loading."""
     if settings.quantization is None:
         return
@@ -106,7 +106,7 @@ def check_device(settings: LoraSettings) -> None:
         )
 
 
-def check_rank(settings: LoraSettings, spec: str) -> None:
+def check_rank(settings: LoraConfig, spec: str) -> None:
     """Refuse an `r` larger than a layer it adapts is wide (from the model's config, before any weights load).
 
     A rank-r update of an m x n Linear layer has rank at most min(m, n): above that it adds only
@@ -127,7 +127,7 @@ def check_rank(settings: LoraSettings, spec: str) -> None:
         )
 
 
-def quantization_config(settings: LoraSettings):
+def quantization_config(settings: LoraConfig):
     """The `BitsAndBytesConfig` that loads the base in 8 or 4 bits, or None."""
     if settings.quantization is None:
         return None
@@ -140,7 +140,7 @@ def quantization_config(settings: LoraSettings):
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16)
 
 
-def apply_lora(model, settings: LoraSettings, cached_cross_kv: bool = False, seed: int = 42):
+def apply_lora(model, settings: LoraConfig, cached_cross_kv: bool = False, seed: int = 42):
     """`model` wrapped in a `PeftModel` whose only trainable weights are the LoRA updates.
 
     Each ``lora_A`` starts as a random draw (``lora_B`` as zeros), so the draw is made from `seed`
@@ -149,15 +149,16 @@ def apply_lora(model, settings: LoraSettings, cached_cross_kv: bool = False, see
     different adapters (the merged weights differed by up to 0.005 on the tiny preset).
     The global generator is left as it was.
     """
+    import peft
     import torch
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from peft import get_peft_model, prepare_model_for_kbit_training
 
     check_targets(model, settings, cached_cross_kv)
     if settings.quantization is not None:
         # The successor of prepare_model_for_int8_training (gone since peft 0.10): norms in fp32,
         # input gradients on so checkpointed activations can backpropagate into the adapters.
         model = prepare_model_for_kbit_training(model)
-    config = LoraConfig(
+    config = peft.LoraConfig(
         r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
         target_modules=target_pattern(settings, cached_cross_kv), bias="none",
     )
@@ -167,7 +168,7 @@ def apply_lora(model, settings: LoraSettings, cached_cross_kv: bool = False, see
     return peft_model
 
 
-def check_targets(model, settings: LoraSettings, cached_cross_kv: bool = False) -> None:
+def check_targets(model, settings: LoraConfig, cached_cross_kv: bool = False) -> None:
     """Raise `UserError` unless `settings` names Linear layers of `model` no narrower than `r` (what
     peft would otherwise refuse with a traceback, or accept and train a useless rank)."""
     import re

@@ -37,9 +37,10 @@ from ..audio.logmel import Smoothing
 from ..common.errors import UserError, check_field_types, is_user_error, one_line, with_closest
 from ..common.fileio import write_json
 from ..common.locks import folder_lock
+from ..common.options import option
 from ..common.presets import packaged_presets, preset_path
-from ..data.feature_config import FeatureConfig
-from ..models.lora import LoraSettings
+from ..data.feature_config import RUN_KEYS, FeatureConfig
+from ..models.lora import LoraConfig
 from ..training.config import build_config, toolkit_keys, training_argument_names
 
 log = logging.getLogger(__name__)
@@ -48,8 +49,8 @@ SAMPLERS = ("tpe", "grid", "random")
 PRUNERS = ("median", "wilcoxon", "none")
 # Keys the search sets for each trial; searching them makes no sense.
 FIXED_KEYS = {"output_dir", "train_data", "eval_data", "encoder_cache_dir", "figure", "push_to_hub", "hub_model_id"}
-# Feature keys that say where clips come from, set by the `features` section rather than searched.
-FEATURE_SOURCE_KEYS = {"source", "split", "format_version"}
+# Feature keys a run sets itself (from the `features` section), never searched.
+FEATURE_SOURCE_KEYS = set(RUN_KEYS)
 SMOOTHING_PREFIX = "smoothing."
 LORA_PREFIX = "lora."
 EXAMPLE_SPACE = '{"learning_rate": {"low": 1e-5, "high": 1e-3, "log": true}}'
@@ -148,31 +149,39 @@ class Param:
 class SearchConfig:
     """A training preset plus what to search and how (the JSON of ``whisper-sv search CONFIG``)."""
 
-    train: dict[str, Any]  # a flat training preset (TrainConfig and Seq2SeqTrainingArguments keys)
-    space: dict[str, Any]  # key -> [choices] or {"low", "high", "log"?, "step"?}
+    train: dict[str, Any] = option(help="a flat training preset (TrainConfig and Seq2SeqTrainingArguments keys)")
+    space: dict[str, Any] = option(help="key -> [choices] or {\"low\", \"high\", \"log\"?, \"step\"?}")
     study_dir: str = "runs/search"
-    # The study's name in the storage. Default: the one recorded in the folder's study.json, else
-    # (a new study) the folder's name, recorded then: a renamed or copied folder keeps its study.
-    study_name: str | None = None
-    storage: str | None = None  # any Optuna storage URL; default: a journal file in study_dir
-    trials: int = 20  # finished (COMPLETE or PRUNED) trials the study runs to
-    sampler: str = "tpe"  # tpe, grid (every combination of the space, for ablations) or random
-    # The sampler's seed is mixed with the worker's PID and the study's trial count, so a restarted
-    # worker, or a second one, never replays the first one's suggestions (two TPE samplers with one
-    # seed suggest the same parameters until their start-up trials are done). The grid sampler
-    # keeps it as it is: it shuffles the grid with it, and every worker must see one order.
-    seed: int = 0
-    pruner: str = "median"  # median, wilcoxon (paired per-utterance errors) or none
-    pruner_args: dict[str, Any] = field(default_factory=dict)  # passed to the Optuna pruner
-    # Build the feature stores per feature config instead of using the preset's train/eval_data:
-    # {"source": "cv:PATH", "train_split": "train", "eval_split": "dev", "workers": 2, **FeatureConfig keys}
-    features: dict[str, Any] | None = None
-    heartbeat_s: float = 30.0  # how often a worker says its trial is alive (at least 1 s: each beat is a storage write)
-    stale_after_s: float = 600.0  # silence after which a trial on another host counts as dead
-    max_retries: int = 3  # re-runs of one trial whose worker died, before it is left failed
-    # False: delete the shared encoder caches after each trial, bounding the disk (a cross_kv
-    # cache of 1,400 clips is 25 GB) at the price of rebuilding one a later trial needs again.
-    keep_encoder_cache: bool = True
+    study_name: str | None = option(None, (
+        "The study's name in the storage. Default: the one recorded in the folder's study.json, else "
+        "(a new study) the folder's name, recorded then: a renamed or copied folder keeps its study."
+    ))
+    storage: str | None = option(None, "any Optuna storage URL; default: a journal file in study_dir")
+    trials: int = option(20, "finished (COMPLETE or PRUNED) trials the study runs to")
+    sampler: str = option("tpe", "tpe, grid (every combination of the space, for ablations) or random")
+    seed: int = option(0, (
+        "The sampler's seed is mixed with the worker's PID and the study's trial count, so a "
+        "restarted worker, or a second one, never replays the first one's suggestions (two TPE "
+        "samplers with one seed suggest the same parameters until their start-up trials are done). "
+        "The grid sampler keeps it as it is: it shuffles the grid with it, and every worker must see "
+        "one order."
+    ))
+    pruner: str = option("median", "median, wilcoxon (paired per-utterance errors) or none")
+    pruner_args: dict[str, Any] = field(default_factory=dict, metadata={"help": "passed to the Optuna pruner"})
+    features: dict[str, Any] | None = option(None, (
+        "Build the feature stores per feature config instead of using the preset's train/eval_data: "
+        "{\"source\": \"cv:PATH\", \"train_split\": \"train\", \"eval_split\": \"dev\", \"workers\": 2, "
+        "**FeatureConfig keys}"
+    ))
+    heartbeat_s: float = option(30.0, (
+        "how often a worker says its trial is alive (at least 1 s: each beat is a storage write)"
+    ))
+    stale_after_s: float = option(600.0, "silence after which a trial on another host counts as dead")
+    max_retries: int = option(3, "re-runs of one trial whose worker died, before it is left failed")
+    keep_encoder_cache: bool = option(True, (
+        "False: delete the shared encoder caches after each trial, bounding the disk (a cross_kv "
+        "cache of 1,400 clips is 25 GB) at the price of rebuilding one a later trial needs again."
+    ))
 
     def __post_init__(self):
         # Every check here runs before any work, and each refusal is one line (a UserError).
@@ -228,7 +237,7 @@ def _is_feature_key(name: str) -> bool:
 
 
 def _lora_keys() -> set[str]:
-    return {LORA_PREFIX + f.name for f in dataclasses.fields(LoraSettings)}
+    return {LORA_PREFIX + f.name for f in dataclasses.fields(LoraConfig)}
 
 
 def _scalar_choices(name: str, spec: Any) -> Any:

@@ -73,16 +73,16 @@ from pathlib import Path
 from ..audio.io import FORMAT_NAMES, SAMPLE_RATE, AudioError, load_audio
 from ..common.errors import UserError
 from ..common.fileio import pid_is_alive
-from ..common.options import add_options, build, options_from
+from ..common.options import add_options, build, option, options_from
 from .continuation import (
     MAX_NEW_TOKENS,
     MAX_TEXT_CHARS,
     NOTHING_TO_CONTINUE,
+    ContinuationConfig,
     Continuer,
-    GenerationSettings,
     check_text,
 )
-from .inference import BACKENDS, NO_SPEECH, InferenceOptions, Transcriber, join_texts, pick_backend
+from .inference import BACKENDS, NO_SPEECH, InferenceConfig, Transcriber, join_texts, pick_backend
 
 log = logging.getLogger(__name__)
 
@@ -115,30 +115,44 @@ def _check_host(host: str) -> None:
 class AppConfig:
     """Everything `launch` needs; the CLI flags map one to one."""
 
-    model: str | None = None  # speech model spec; null: runs/cpu-demo/ct2 if exported, else packaged:whisper-base
-    lm: str | None = None  # causal LM id or folder for the continuation, e.g. AI-Sweden-Models/gpt-sw3-126m; null: none
-    backend: str = "auto"  # auto, faster-whisper or transformers
-    min_window_s: float = InferenceOptions.min_window_s  # shortest CTranslate2 encoder window, s; 30 = Whisper's own (slower on short clips)
-    # The language forced in every decode (sv, nb, ...); null: the model's own (a fine-tune's target), else sv.
-    language: str | None = None
-    host: str = "127.0.0.1"  # interface to listen on; loopback unless asked (0.0.0.0 exposes the app)
-    port: int = 7860  # TCP port
-    max_upload_mb: float = 25.0  # bigger uploads get HTTP 413
-    max_files_per_upload: int = 1  # the page sends one file per upload; more get HTTP 413
-    # Where the app makes its own upload folder (whisper-sv-uploads-XXXXXXXX, deleted when it stops);
-    # nothing else in it is touched. null: the system's temporary folder.
-    upload_dir: str | None = None
-    upload_ttl_s: float = 600.0  # uploads are deleted this long after they arrive
-    max_upload_store_mb: float = 1024.0  # new uploads get HTTP 503 while the folder holds this much
-    max_seconds: float = 600.0  # decoded audio longer than this is refused while decoding
-    concurrency: int = 1  # speech chunks (ASR) or requests (LM) each model decodes at once (2 CPU cores: one is fastest)
-    queue_size: int = 64  # waiting requests beyond this are turned away ("queue is full")
-    # Seconds of audio one client (IP address) may have waiting or being transcribed; a request over
-    # it is refused with a message. null: twice max_seconds. At least max_seconds.
-    max_client_audio_s: float | None = None
-    # Seconds of audio all clients together may have waiting (float32 in memory: 230 MB per hour).
-    # null: six times max_seconds. At least max_client_audio_s.
-    max_queued_audio_s: float | None = None
+    model: str | None = option(None, (
+        "speech model spec; null: runs/cpu-demo/ct2 if exported, else packaged:whisper-base"
+    ))
+    lm: str | None = option(None, (
+        "causal LM id or folder for the continuation, e.g. AI-Sweden-Models/gpt-sw3-126m; null: none"
+    ))
+    backend: str = option("auto", "auto, faster-whisper or transformers")
+    min_window_s: float = option(InferenceConfig.min_window_s, (
+        "shortest CTranslate2 encoder window, s; 30 = Whisper's own (slower on short clips)"
+    ))
+    language: str | None = option(None, (
+        "The language forced in every decode (sv, nb, ...); null: the model's own (a fine-tune's "
+        "target), else sv."
+    ))
+    host: str = option("127.0.0.1", "interface to listen on; loopback unless asked (0.0.0.0 exposes the app)")
+    port: int = option(7860, "TCP port")
+    max_upload_mb: float = option(25.0, "bigger uploads get HTTP 413")
+    max_files_per_upload: int = option(1, "the page sends one file per upload; more get HTTP 413")
+    upload_dir: str | None = option(None, (
+        "Where the app makes its own upload folder (whisper-sv-uploads-XXXXXXXX, deleted when it "
+        "stops); nothing else in it is touched. null: the system's temporary folder."
+    ))
+    upload_ttl_s: float = option(600.0, "uploads are deleted this long after they arrive")
+    max_upload_store_mb: float = option(1024.0, "new uploads get HTTP 503 while the folder holds this much")
+    max_seconds: float = option(600.0, "decoded audio longer than this is refused while decoding")
+    concurrency: int = option(1, (
+        "speech chunks (ASR) or requests (LM) each model decodes at once (2 CPU cores: one is "
+        "fastest)"
+    ))
+    queue_size: int = option(64, "waiting requests beyond this are turned away (\"queue is full\")")
+    max_client_audio_s: float | None = option(None, (
+        "Seconds of audio one client (IP address) may have waiting or being transcribed; a request "
+        "over it is refused with a message. null: twice max_seconds. At least max_seconds."
+    ))
+    max_queued_audio_s: float | None = option(None, (
+        "Seconds of audio all clients together may have waiting (float32 in memory: 230 MB per hour)."
+        " null: six times max_seconds. At least max_client_audio_s."
+    ))
 
     def __post_init__(self):
         if self.backend not in BACKENDS:
@@ -157,7 +171,7 @@ class AppConfig:
         if not self.max_seconds <= self.max_client_audio_s <= self.max_queued_audio_s:
             raise ValueError(f"max_client_audio_s={self.max_client_audio_s:g} must be at least max_seconds="
                              f"{self.max_seconds:g} (one clip) and at most max_queued_audio_s={self.max_queued_audio_s:g}")
-        InferenceOptions(min_window_s=self.min_window_s, language=self.language)  # the same range check
+        InferenceConfig(min_window_s=self.min_window_s, language=self.language)  # the same range check
         _check_host(self.host)
 
     @property
@@ -749,14 +763,14 @@ def _blocks_class():
     return AppBlocks
 
 
-def build_demo(cfg: AppConfig = AppConfig(), transcriber: Transcriber | None = None,
+def build_app(cfg: AppConfig = AppConfig(), transcriber: Transcriber | None = None,
                continuer: Continuer | None = None):
     """The Blocks page with its two API endpoints; loads the speech model now, the LM lazily.
 
     Claims the process's upload folder (`claim_upload_folder`); ``demo.close()`` gives it back.
     """
     transcriber = transcriber or pick_backend(cfg.model, backend=cfg.backend,
-                                              options=InferenceOptions(min_window_s=cfg.min_window_s, language=cfg.language))
+                                              options=InferenceConfig(min_window_s=cfg.min_window_s, language=cfg.language))
     continuer = continuer or Continuer(cfg.lm)
     # After the models load (a model that fails leaves no folder behind), before Gradio is imported
     # (some of its modules read GRADIO_TEMP_DIR once, at import) and before any component exists
@@ -826,7 +840,7 @@ def _build_blocks(gr, cfg: AppConfig, transcriber: Transcriber, continuer: Conti
             check_text(text)  # before any tokenising
             if not (math.isfinite(float(length)) and math.isfinite(float(temperature))):
                 raise ValueError("length and temperature must be numbers")
-            settings = GenerationSettings(max_new_tokens=int(length), temperature=float(temperature))
+            settings = ContinuationConfig(max_new_tokens=int(length), temperature=float(temperature))
         except (TypeError, ValueError) as err:
             log.info("refused continuation: %s", err)
             raise refuse(str(err)) from None
@@ -937,5 +951,5 @@ def add_cli(sub) -> None:
 
 def _run_cli(args: argparse.Namespace) -> int:
     cfg = build(AppConfig, options_from(args, AppConfig))
-    launch(build_demo(cfg), cfg, block=True)
+    launch(build_app(cfg), cfg, block=True)
     return 0

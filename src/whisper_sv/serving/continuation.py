@@ -44,7 +44,7 @@ def check_text(text: str) -> None:
 
 
 @dataclass(frozen=True)
-class GenerationSettings:
+class ContinuationConfig:
     """The knobs on the page: how much to write and how adventurously."""
 
     max_new_tokens: int = 40
@@ -103,7 +103,7 @@ class Continuer:
             self._tokenizer.pad_token = self._tokenizer.eos_token
         return True
 
-    def continue_text(self, text: str, settings: GenerationSettings = GenerationSettings()) -> str:
+    def continue_text(self, text: str, settings: ContinuationConfig = ContinuationConfig()) -> str:
         """The text the model writes after `text` (without `text` itself), or a message saying why not.
 
         Raises ValueError for text over `MAX_TEXT_CHARS` (`check_text`), before tokenising."""

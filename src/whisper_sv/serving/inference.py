@@ -50,9 +50,9 @@ import numpy as np
 
 from ..audio.io import CHUNK_LENGTH, SAMPLE_RATE, AudioError, load_audio
 from ..audio.logmel import log_mel, pad_features
-from ..common.options import add_options, build, options_from
+from ..common.options import add_options, build, option, options_from
 from ..models.decoding import (
-    DecodeOptions,
+    DecodeConfig,
     compression_ratio,
     ct2_max_length,
     cut_repetitions,
@@ -74,33 +74,46 @@ _FRAME = SAMPLE_RATE * 30 // 1000  # 480 samples = 30 ms
 
 
 @dataclass(frozen=True)
-class InferenceOptions:
+class InferenceConfig:
     """How a backend decodes and what it counts as speech; change with `dataclasses.replace`."""
 
-    beam_size: int = 1  # 1 = greedy: the setting the project's WER figures and the benchmark use
-    # Temperatures tried in turn while a decode looks bad (compression ratio over
-    # `max_compression_ratio` or mean log-probability under `min_avg_logprob`), e.g. [0, 0.2, 0.4].
-    # 0 only by default: deterministic, one decode per chunk; faster-whisper's default fallback
-    # (0.2 ... 1.0) re-decodes weak audio up to five times, which made a 2 s clip take 1-7 s on 2 cores.
-    temperatures: tuple[float, ...] = (0.0,)
-    max_compression_ratio: float = 2.4  # zlib ratio above which a decode is a repetition loop
-    # CTranslate2 encoder window (seconds): the chunk + 1 s, at least this. 30 = Whisper's own
-    # window; shorter is cheaper on short clips (the encoder is most of the cost on a CPU).
-    min_window_s: float = 15.0
-    # CPU threads for CTranslate2's decoder (None: as many as the encoder). One step of the decoder
-    # is too small to split: on 2 cores one thread decoded 2-3x faster than two for base and
-    # 1.1-1.6x for a small-shaped model (`make bench-threads`). A second copy of the model (int8
-    # base: 75 MB) runs the decoder with this many threads; on many cores and a large model, try None.
-    decode_threads: int | None = 1
-    vad_threshold: float = 0.5  # Silero speech probability above which a 32 ms frame is speech
-    min_silence_ms: int = 500  # a pause this long separates two speech spans
-    speech_pad_ms: int = 200  # kept either side of each span so word edges are not clipped
-    max_chunk_s: float = float(CHUNK_LENGTH)  # longest speech chunk decoded at once, s (30: one Whisper window)
-    no_speech_prob: float = 0.6  # a chunk is silence above this no-speech probability (openai/whisper's no_speech_threshold) ...
-    min_avg_logprob: float = -1.0  # ... when its mean log-probability is also below this (its logprob_threshold)
-    # The language forced in every decode (sv, nb, en, ...); null: the model's own (the one a
-    # fine-tune was trained on, recorded in its export and generation config), else sv.
-    language: str | None = None
+    beam_size: int = option(1, "1 = greedy: the setting the project's WER figures and the benchmark use")
+    temperatures: tuple[float, ...] = option((0.0,), (
+        "Temperatures tried in turn while a decode looks bad (compression ratio over "
+        "`max_compression_ratio` or mean log-probability under `min_avg_logprob`), e.g. [0, 0.2, "
+        "0.4]. 0 only by default: deterministic, one decode per chunk; faster-whisper's default "
+        "fallback (0.2 ... 1.0) re-decodes weak audio up to five times, which made a 2 s clip take "
+        "1-7 s on 2 cores."
+    ))
+    max_compression_ratio: float = option(2.4, "zlib ratio above which a decode is a repetition loop")
+    min_window_s: float = option(15.0, (
+        "CTranslate2 encoder window (seconds): the chunk + 1 s, at least this. 30 = Whisper's own "
+        "window; shorter is cheaper on short clips (the encoder is most of the cost on a CPU)."
+    ))
+    decode_threads: int | None = option(1, (
+        "CPU threads for CTranslate2's decoder (None: as many as the encoder). One step of the "
+        "decoder is too small to split: on 2 cores one thread decoded 2-3x faster than two for base "
+        "and 1.1-1.6x for a small-shaped model (`make bench-threads`). A second copy of the model "
+        "(int8 base: 75 MB) runs the decoder with this many threads; on many cores and a large model,"
+        " try None."
+    ))
+    vad_threshold: float = option(0.5, "Silero speech probability above which a 32 ms frame is speech")
+    min_silence_ms: int = option(500, "a pause this long separates two speech spans")
+    speech_pad_ms: int = option(200, "kept either side of each span so word edges are not clipped")
+    max_chunk_s: float = option(float(CHUNK_LENGTH), (
+        "longest speech chunk decoded at once, s (30: one Whisper window)"
+    ))
+    no_speech_prob: float = option(0.6, (
+        "a chunk is silence above this no-speech probability (openai/whisper's no_speech_threshold) "
+        "..."
+    ))
+    min_avg_logprob: float = option(-1.0, (
+        "... when its mean log-probability is also below this (its logprob_threshold)"
+    ))
+    language: str | None = option(None, (
+        "The language forced in every decode (sv, nb, en, ...); null: the model's own (the one a "
+        "fine-tune was trained on, recorded in its export and generation config), else sv."
+    ))
 
     def __post_init__(self):
         if self.language is not None:
@@ -147,7 +160,7 @@ def peak_dbfs(audio: np.ndarray) -> float:
     return float(20 * np.log10(rms)) if rms > 0 else float("-inf")
 
 
-def speech_chunks(audio: np.ndarray, options: InferenceOptions = InferenceOptions()) -> list[np.ndarray]:
+def speech_chunks(audio: np.ndarray, options: InferenceConfig = InferenceConfig()) -> list[np.ndarray]:
     """The parts of `audio` that hold speech, merged into chunks of at most ``max_chunk_s`` seconds.
 
     Returns an empty list for silence and noise. Chunks are contiguous slices of `audio` (pauses
@@ -206,13 +219,13 @@ class FasterWhisperBackend:
     faster-whisper provides the model, its tokenizer and the VAD; the decode loop is ours because
     `WhisperModel.transcribe` always encodes 30 s (and zero-pads the log-mel, unlike training).
     Chunks of one request are encoded and decoded as one batch in a window fitted to the longest;
-    on a CPU the encoder uses every core and the decoder ``decode_threads`` (`InferenceOptions`).
+    on a CPU the encoder uses every core and the decoder ``decode_threads`` (`InferenceConfig`).
     """
 
     batch_size = 8  # chunks per encoder call: 8 x 30 s of float32 log-mel is 7.7 MB
 
     def __init__(self, ct2_dir: str | Path, device: str = "auto", compute_type: str | None = None,
-                 options: InferenceOptions = InferenceOptions(), cpu_threads: int | None = None,
+                 options: InferenceConfig = InferenceConfig(), cpu_threads: int | None = None,
                  label: str | None = None, language: str | None = None):
         from faster_whisper import WhisperModel
         from faster_whisper.tokenizer import Tokenizer
@@ -312,7 +325,7 @@ class FasterWhisperBackend:
 class TransformersBackend:
     """`WhisperForConditionalGeneration` through `decoding.transcribe_arrays`."""
 
-    def __init__(self, model_spec: str, device: str = "cpu", options: InferenceOptions = InferenceOptions()):
+    def __init__(self, model_spec: str, device: str = "cpu", options: InferenceConfig = InferenceConfig()):
         self.model, self.processor = load_model(model_spec, device=device, language=options.language)
         self.options = options
         self.name = f"transformers on {device} ({_label(model_spec)})"
@@ -329,7 +342,7 @@ class TransformersBackend:
     def decode(self, chunks: Sequence[np.ndarray]) -> list[str]:
         """One text per chunk (each <= 30 s), repetition loops cut."""
         with self._lock:  # every chunk is <= 30 s, so transcribe_arrays batches them
-            texts = transcribe_arrays(self.model, self.processor, list(chunks), DecodeOptions(beam_size=self.options.beam_size))
+            texts = transcribe_arrays(self.model, self.processor, list(chunks), DecodeConfig(beam_size=self.options.beam_size))
         return [cut_repetitions(t, self.options.max_compression_ratio) for t in texts]
 
 
@@ -370,7 +383,7 @@ def ct2_dir_for(model_spec: str) -> Path | None:
 
 
 def pick_backend(model_spec: str | None = None, backend: str = "auto", device: str = "auto",
-                 options: InferenceOptions = InferenceOptions()) -> Transcriber:
+                 options: InferenceConfig = InferenceConfig()) -> Transcriber:
     """Load the backend that serves `model_spec` (default: `default_model_spec`).
 
     ``backend="auto"`` prefers faster-whisper whenever a CTranslate2 folder exists for the spec;
@@ -433,13 +446,13 @@ def add_cli(sub) -> None:
                    help="auto (default): faster-whisper when the model has a CTranslate2 export, else transformers")
     p.add_argument("--json", action="store_true",
                    help='print one JSON line {"path": ..., "text": ...} per file ("text" is "" when no speech is found)')
-    # --min-window: the flag's name before the flags were made from InferenceOptions.
-    add_options(p, InferenceOptions, aliases={"min_window_s": "--min-window"}, title="decoding (InferenceOptions)")
+    # --min-window: the flag's name before the flags were made from InferenceConfig.
+    add_options(p, InferenceConfig, aliases={"min_window_s": "--min-window"}, title="decoding (InferenceConfig)")
     p.set_defaults(func=_run_cli)
 
 
 def _run_cli(args: argparse.Namespace) -> int:
-    options = build(InferenceOptions, options_from(args, InferenceOptions))
+    options = build(InferenceConfig, options_from(args, InferenceConfig))
     backend = pick_backend(args.model, backend=args.backend, options=options)
     failed = False
     for path in args.files:

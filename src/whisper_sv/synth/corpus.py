@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 from ..audio.realism import Effects, apply_effects, draw_effects
 from ..common.errors import UserError
 from ..common.fileio import claim_folder, remove_dead_temp_files, sha256_file, write_atomic
-from ..common.options import add_options, build, options_from
+from ..common.options import add_options, build, option, options_from
 from ..data.sources import CV_HEADER
 from ..data.voices import (
     MBROLA_DATABASES,
@@ -76,38 +76,54 @@ REALISM_KNOBS = ("snr_db", "reverb_share", "rt60_s", "telephone_share", "gain_db
 class SynthConfig:
     """What decides the corpus; saved as ``synth.json`` and compared on re-runs."""
 
-    clips: int = 3000  # number of clips
-    seed: int = 0  # the same seed gives the same corpus, byte for byte
-    splits: dict[str, float] = field(default_factory=lambda: {"train": 0.8, "dev": 0.1, "test": 0.1})  # fraction of the sentences per split
-    # The language spoken (an espeak-ng language code, e.g. sv, en): its espeak-ng voice, its MBROLA
-    # voices (sv: sw1 sw2; en: us1 us2 us3 en1; other languages have none) and its bundled sentences.
-    language: str = "sv"
-    # One sentence per line; a split never shares a sentence with another. Empty (the default): this
-    # checkout's copy of data/<language>_sentences.txt, wherever the command runs (sv and en ship;
-    # any other language needs a file). A corpus is compared by the file's content.
-    sentences: str = ""
-    # Voice families, comma-separated: espeak (16 espeak-ng formant voices) and/or mbrola (MBROLA's
-    # diphone voices of real speakers of the language; `make setup` installs them). Per clip a family,
-    # then a voice of it, a rate and a pitch are drawn. auto: both where MBROLA's voices of the
-    # language are installed, else espeak alone (said in one line); synth.json records which.
-    voices: str = "auto"
-    # Speaker ids kept out of training, comma-separated (e.g. mbrola-sw2): their clips are all in
-    # the test split, never in train or dev, so the test holds a speaker the model never heard.
-    holdout_speakers: str = ""
-    # Acoustic realism: each clip gets the room, noise, telephone line, level and speed below,
-    # drawn from the seed; --realism false gives the clean corpus. The ranges below are a guess at
-    # everyday recordings (mostly quiet, some rooms, a few phone calls), not fitted to anything measured.
-    realism: bool = True
-    # Background noise (white, pink or brown) at an SNR drawn in [low, high] dB; null: no noise.
-    snr_db: list[float] | None = field(default_factory=lambda: [10.0, 40.0])
-    reverb_share: float = 0.3  # share of clips spoken in a room (a synthetic exponential-decay impulse response)
-    # That room's reverberation time (to -60 dB), drawn in [low, high] seconds.
-    rt60_s: list[float] = field(default_factory=lambda: [0.2, 0.6])
-    telephone_share: float = 0.1  # share of clips band-limited to a telephone line's 300-3400 Hz
-    # Recording level change drawn in [low, high] dB (clipped at full scale, as a recorder does).
-    gain_db: list[float] = field(default_factory=lambda: [-12.0, 3.0])
-    # Speaking-speed factor drawn in [low, high] (the pitch follows, as on tape).
-    speed: list[float] = field(default_factory=lambda: [0.95, 1.05])
+    clips: int = option(3000, "number of clips")
+    seed: int = option(0, "the same seed gives the same corpus, byte for byte")
+    splits: dict[str, float] = field(default_factory=lambda: {"train": 0.8, "dev": 0.1, "test": 0.1}, metadata={"help": (
+        "fraction of the sentences per split"
+    )})
+    language: str = option("sv", (
+        "The language spoken (an espeak-ng language code, e.g. sv, en): its espeak-ng voice, its "
+        "MBROLA voices (sv: sw1 sw2; en: us1 us2 us3 en1; other languages have none) and its bundled "
+        "sentences."
+    ))
+    sentences: str = option("", (
+        "One sentence per line; a split never shares a sentence with another. Empty (the default): "
+        "this checkout's copy of data/<language>_sentences.txt, wherever the command runs (sv and en "
+        "ship; any other language needs a file). A corpus is compared by the file's content."
+    ))
+    voices: str = option("auto", (
+        "Voice families, comma-separated: espeak (16 espeak-ng formant voices) and/or mbrola "
+        "(MBROLA's diphone voices of real speakers of the language; `make setup` installs them). Per "
+        "clip a family, then a voice of it, a rate and a pitch are drawn. auto: both where MBROLA's "
+        "voices of the language are installed, else espeak alone (said in one line); synth.json "
+        "records which."
+    ))
+    holdout_speakers: str = option("", (
+        "Speaker ids kept out of training, comma-separated (e.g. mbrola-sw2): their clips are all in "
+        "the test split, never in train or dev, so the test holds a speaker the model never heard."
+    ))
+    realism: bool = option(True, (
+        "Acoustic realism: each clip gets the room, noise, telephone line, level and speed below, "
+        "drawn from the seed; --realism false gives the clean corpus. The ranges below are a guess at"
+        " everyday recordings (mostly quiet, some rooms, a few phone calls), not fitted to anything "
+        "measured."
+    ))
+    snr_db: list[float] | None = field(default_factory=lambda: [10.0, 40.0], metadata={"help": (
+        "Background noise (white, pink or brown) at an SNR drawn in [low, high] dB; null: no noise."
+    )})
+    reverb_share: float = option(0.3, (
+        "share of clips spoken in a room (a synthetic exponential-decay impulse response)"
+    ))
+    rt60_s: list[float] = field(default_factory=lambda: [0.2, 0.6], metadata={"help": (
+        "That room's reverberation time (to -60 dB), drawn in [low, high] seconds."
+    )})
+    telephone_share: float = option(0.1, "share of clips band-limited to a telephone line's 300-3400 Hz")
+    gain_db: list[float] = field(default_factory=lambda: [-12.0, 3.0], metadata={"help": (
+        "Recording level change drawn in [low, high] dB (clipped at full scale, as a recorder does)."
+    )})
+    speed: list[float] = field(default_factory=lambda: [0.95, 1.05], metadata={"help": (
+        "Speaking-speed factor drawn in [low, high] (the pitch follows, as on tape)."
+    )})
 
     def __post_init__(self):
         if self.clips < len(self.splits):

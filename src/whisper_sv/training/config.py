@@ -18,9 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from ..common.errors import check_field_types, check_value_types, with_closest
+from ..common.options import option
 from ..common.presets import preset_path
 from ..models.encoder_window import check_window_s
-from ..models.lora import LoraSettings
+from ..models.lora import LoraConfig
 from ..models.specs import DEFAULT_MODEL, check_model_spec
 from .encoder_cache import DTYPES as CACHE_DTYPES
 from .encoder_cache import KINDS as CACHE_KINDS
@@ -89,52 +90,64 @@ PATH_KEYS = frozenset({"model", "train_data", "eval_data"})
 class TrainConfig:
     """The toolkit's own keys; `training` holds the Seq2SeqTrainingArguments keys."""
 
-    output_dir: str  # the run folder: checkpoints, final/, metrics.json, curves, the resolved config
-    train_data: str  # feature store folder (whisper-sv features --out)
-    eval_data: str | None = None  # feature store folder; no evaluation when None
-    model: str = DEFAULT_MODEL  # Hub id, folder, packaged:whisper-base or random:tiny
-    freeze_encoder: bool = False  # train the decoder only: faster, and enough to adapt to a domain
-    # Keep the decoder's token and position embeddings (the token table is tied to the output
-    # projection: 26.5M of base's 52M decoder parameters) as they are: less to memorise on a small
-    # corpus and a cheaper step (no gradient for the vocabulary-wide table).
-    freeze_embeddings: bool = False
-    # With the encoder frozen (and no SpecAugment), compute its work once per training clip:
-    # "states" caches its outputs, "cross_kv" also freezes and caches the decoder's
-    # cross-attention keys/values (encoder_cache.py). The encoder is most of a CPU step.
-    encoder_cache: str | None = None
-    # Where that cache lives: None = the run folder; a folder shared by several runs (a search's
-    # trials) holds one cache per model, store and kind, built once and read by all.
-    encoder_cache_dir: str | None = None
-    # Seconds of audio the encoder sees per clip, in training and in evaluation during training
-    # (Whisper's own window is 30). 15 is the window the app serves with: it halves the encoder's
-    # work and a cross_kv cache. Saved in the model's config; `evaluate` scores on it by default.
-    encoder_window_s: float = 30.0
-    # Numbers the encoder cache holds: "float16", or "int8" (half the disk; a scale per 64 values).
-    encoder_cache_dtype: str = "float16"
-    # Compute the cache under bfloat16 autocast: 2-3x faster where the CPU has bf16 matrix units
-    # (AMX, AVX512-BF16) or on a GPU, at ~1 % rms error in the cached numbers. Off by default (exact
-    # unless asked); the cpu-demo preset turns it on: on the demo's dev clips it is no worse than a
-    # float32 cache, and it saves ~2 of the demo's minutes (docs/benchmarks.md).
-    encoder_cache_bf16: bool = False
-    # SpecAugment, Whisper's own implementation (WhisperConfig mask_time_*/mask_feature_*).
-    apply_spec_augment: bool = False
+    output_dir: str = option(help="the run folder: checkpoints, final/, metrics.json, curves, the resolved config")
+    train_data: str = option(help="feature store folder (whisper-sv features --out)")
+    eval_data: str | None = option(None, "feature store folder; no evaluation when None")
+    model: str = option(DEFAULT_MODEL, "Hub id, folder, packaged:whisper-base or random:tiny")
+    freeze_encoder: bool = option(False, "train the decoder only: faster, and enough to adapt to a domain")
+    freeze_embeddings: bool = option(False, (
+        "Keep the decoder's token and position embeddings (the token table is tied to the output "
+        "projection: 26.5M of base's 52M decoder parameters) as they are: less to memorise on a small"
+        " corpus and a cheaper step (no gradient for the vocabulary-wide table)."
+    ))
+    encoder_cache: str | None = option(None, (
+        "With the encoder frozen (and no SpecAugment), compute its work once per training clip: "
+        "\"states\" caches its outputs, \"cross_kv\" also freezes and caches the decoder's "
+        "cross-attention keys/values (encoder_cache.py). The encoder is most of a CPU step."
+    ))
+    encoder_cache_dir: str | None = option(None, (
+        "Where that cache lives: None = the run folder; a folder shared by several runs (a search's "
+        "trials) holds one cache per model, store and kind, built once and read by all."
+    ))
+    encoder_window_s: float = option(30.0, (
+        "Seconds of audio the encoder sees per clip, in training and in evaluation during training "
+        "(Whisper's own window is 30). 15 is the window the app serves with: it halves the encoder's "
+        "work and a cross_kv cache. Saved in the model's config; `evaluate` scores on it by default."
+    ))
+    encoder_cache_dtype: str = option("float16", (
+        "Numbers the encoder cache holds: \"float16\", or \"int8\" (half the disk; a scale per 64 "
+        "values)."
+    ))
+    encoder_cache_bf16: bool = option(False, (
+        "Compute the cache under bfloat16 autocast: 2-3x faster where the CPU has bf16 matrix units "
+        "(AMX, AVX512-BF16) or on a GPU, at ~1 % rms error in the cached numbers. Off by default "
+        "(exact unless asked); the cpu-demo preset turns it on: on the demo's dev clips it is no "
+        "worse than a float32 cache, and it saves ~2 of the demo's minutes (docs/benchmarks.md)."
+    ))
+    apply_spec_augment: bool = option(False, (
+        "SpecAugment, Whisper's own implementation (WhisperConfig mask_time_*/mask_feature_*)."
+    ))
     mask_time_prob: float = 0.05
     mask_time_length: int = 10
     mask_feature_prob: float = 0.0
     mask_feature_length: int = 10
-    dropout: float | None = None  # WhisperConfig.dropout for the layers that train; None keeps the model's
-    # auto: bf16 where the GPU has it, else fp16 on CUDA, fp32 on CPU. bf16 on a CPU is bfloat16
-    # autocast, ~2x faster a step where the CPU has bf16 units (AMX, AVX512-BF16); float32 where not.
-    precision: str = "auto"
-    early_stopping_patience: int | None = None  # evaluations without a better WER before stopping
-    max_train_samples: int | None = None  # use the first N rows of the train store
-    max_eval_samples: int | None = None  # use the first N rows of the eval store
-    figure: str | None = "img/train.png"  # loss/WER curves; also written into the run folder
-    # LoRA through peft instead of training every weight: a JSON object of LoraSettings keys (r,
-    # alpha, dropout, target_modules, part, quantization), {} for the defaults (r 32, alpha 64 on the
-    # decoder's q_proj/v_proj); null trains the weights themselves. final/ holds the merged model.
-    lora: dict[str, Any] | None = None
-    push_to_hub: bool = False  # upload final/ with a model card carrying the WER (model-index)
+    dropout: float | None = option(None, "WhisperConfig.dropout for the layers that train; None keeps the model's")
+    precision: str = option("auto", (
+        "auto: bf16 where the GPU has it, else fp16 on CUDA, fp32 on CPU. bf16 on a CPU is bfloat16 "
+        "autocast, ~2x faster a step where the CPU has bf16 units (AMX, AVX512-BF16); float32 where "
+        "not."
+    ))
+    early_stopping_patience: int | None = option(None, "evaluations without a better WER before stopping")
+    max_train_samples: int | None = option(None, "use the first N rows of the train store")
+    max_eval_samples: int | None = option(None, "use the first N rows of the eval store")
+    figure: str | None = option("img/train.png", "loss/WER curves; also written into the run folder")
+    lora: dict[str, Any] | None = option(None, (
+        "LoRA through peft instead of training every weight: a JSON object of LoraConfig keys (r, "
+        "alpha, dropout, target_modules, part, quantization), {} for the defaults (r 32, alpha 64 on "
+        "the decoder's q_proj/v_proj); null trains the weights themselves. final/ holds the merged "
+        "model."
+    ))
+    push_to_hub: bool = option(False, "upload final/ with a model card carrying the WER (model-index)")
     hub_model_id: str | None = None
     training: dict[str, Any] = field(default_factory=dict)
 
@@ -164,7 +177,7 @@ class TrainConfig:
                 "only a frozen encoder fed the same features gives the same outputs every epoch"
             )
         if self.lora is not None:
-            settings = LoraSettings.parse(self.lora)
+            settings = LoraConfig.parse(self.lora)
             self.lora = settings.to_dict()
             if self.encoder_cache and settings.part != "decoder":
                 raise ValueError(f"lora part={settings.part!r} trains the encoder, so its outputs change: "

@@ -38,11 +38,12 @@ from ..common.errors import UserError
 from ..common.fileio import claim_folder, describe_keys, write_json
 from ..common.locks import folder_lock
 from ..common.options import add_options, options_from
+from ..data.feature_config import FILING_KEYS, ORIGIN_KEYS
 from ..data.feature_store import FeatureStore
 from ..data.recipe import nospeech_token_id
 from ..models.decoding import quiet_library_notices
 from ..models.encoder_window import accept_short_windows, frames_for, record_window
-from ..models.lora import LoraSettings, apply_lora, check_device, check_rank, merge_for_final, quantization_config, trainable_parameters
+from ..models.lora import LoraConfig, apply_lora, check_device, check_rank, merge_for_final, quantization_config, trainable_parameters
 from ..models.specs import DEFAULT_LANGUAGE, force_language, load_model
 from .checkpoints import (
     FINISHED_RECORD,
@@ -155,19 +156,19 @@ def open_stores(cfg: TrainConfig, run_dir: Path):
     return train, evals, wanted
 
 
-# Keys of feature_config.json that say where the clips came from or how they were filed, not how
-# they were turned into numbers: a train and an eval store may differ in them, and that is fine
-# (shard_size only decides which clips share a Parquet file; format_version only names and adds columns).
-_SOURCE_KEYS = {"source", "split", "audio_column", "text_column", "shard_size", "format_version"}
+# A train and an eval store may differ in where their clips came from and how their rows are filed
+# (shard_size only decides which clips share a Parquet file; format_version only names and adds
+# columns), not in how clips became numbers.
+_NOT_NUMBERS = {*ORIGIN_KEYS, *FILING_KEYS}
 
 
 def comparable_feature_config(config: dict[str, Any], recipe: bool = True) -> dict[str, Any]:
     """The part of a feature config that changes the numbers the model sees (with `recipe` false,
     without the rows a training recipe adds)."""
-    return {k: v for k, v in config.items() if k not in _SOURCE_KEYS and (recipe or k != "recipe")}
+    return {k: v for k, v in config.items() if k not in _NOT_NUMBERS and (recipe or k != "recipe")}
 
 
-def prepare_model(cfg: TrainConfig, feature_config: dict[str, Any], lora: LoraSettings | None = None):
+def prepare_model(cfg: TrainConfig, feature_config: dict[str, Any], lora: LoraConfig | None = None):
     """Model and processor with Swedish forced, freezing and SpecAugment applied (a LoRA run's base
     in 8 or 4 bits when its settings ask)."""
     # The labels' language (the store's) is what the model is trained, saved and later decoded with.
@@ -220,7 +221,7 @@ def train(cfg: TrainConfig, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
 
     quiet_library_notices()  # the evaluation's generate (decoding.py says why)
     # 0. the checks that need no data: refused here in one line, not after the data has loaded
-    lora = LoraSettings.parse(cfg.lora)
+    lora = LoraConfig.parse(cfg.lora)
     if lora is not None:
         check_device(lora)  # a quantized base on a CPU
         check_rank(lora, cfg.model)  # a rank the model's layers cannot hold
