@@ -64,7 +64,7 @@ def silence(seconds: float, level: float = 0.0) -> np.ndarray:
 
 
 def test_a_short_request_goes_next_after_the_chunk_in_progress():
-    from whisper_sv.serving.app import FairScheduler
+    from whisper_sv.serving.scheduler import FairScheduler
 
     gate = threading.Event()
     fake = ChunkFake(gate=gate)
@@ -82,7 +82,7 @@ def test_a_short_request_goes_next_after_the_chunk_in_progress():
 
 
 def test_long_requests_take_turns_and_a_cancelled_one_is_dropped():
-    from whisper_sv.serving.app import FairScheduler
+    from whisper_sv.serving.scheduler import FairScheduler
 
     gate = threading.Event()
     fake = ChunkFake(gate=gate)
@@ -103,7 +103,7 @@ def test_long_requests_take_turns_and_a_cancelled_one_is_dropped():
 
 
 def test_the_scheduler_refuses_audio_over_a_clients_allowance_and_frees_it_when_done():
-    from whisper_sv.serving.app import FairScheduler, Refused
+    from whisper_sv.serving.scheduler import FairScheduler, Refused
 
     gate = threading.Event()
     scheduler = FairScheduler(ChunkFake(gate=gate), client_audio_s=100, total_audio_s=150)

@@ -22,8 +22,9 @@ import pytest
 pytest.importorskip("gradio")
 from test_app import free_port  # noqa: E402
 
-from whisper_sv.serving.app import UPLOADS_MARKER, UPLOADS_PREFIX, AppConfig, build_app, launch  # noqa: E402
+from whisper_sv.serving.app import AppConfig, build_app, launch  # noqa: E402
 from whisper_sv.serving.continuation import Continuer  # noqa: E402
+from whisper_sv.serving.uploads import UPLOADS_MARKER, UPLOADS_PREFIX  # noqa: E402
 
 
 class Echo:
@@ -113,7 +114,7 @@ def test_only_the_apps_own_uploads_are_served(shared_dir):
         demo.close()
 
 
-CLAIM = ("import os, sys; from whisper_sv.serving.app import claim_upload_folder; "
+CLAIM = ("import os, sys; from whisper_sv.serving.uploads import claim_upload_folder; "
          "print(claim_upload_folder(sys.argv[1]), flush=True); {then}")
 
 

@@ -159,7 +159,7 @@ def test_a_search_worker_that_is_a_zombie_is_stale():
 
 
 def test_an_app_marker_of_a_dead_owner_on_this_host_is_gone(tmp_path):
-    from whisper_sv.serving.app import UPLOADS_MARKER, _owner_is_gone
+    from whisper_sv.serving.uploads import UPLOADS_MARKER, _owner_is_gone
 
     marker = tmp_path / UPLOADS_MARKER
     me = {"pid": os.getpid(), "started": psutil.Process().create_time(), "host": socket.gethostname()}

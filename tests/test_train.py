@@ -11,8 +11,9 @@ import pytest
 from helpers import sigkill_after_checkpoint
 
 from whisper_sv.training.checkpoints import COMPLETE_MARKER, complete_checkpoints, mark_complete, resume_checkpoint, set_aside_incomplete
-from whisper_sv.training.collator import SpeechCollator, with_cached_encoder
+from whisper_sv.training.collator import SpeechCollator
 from whisper_sv.training.config import TRAINING_DEFAULTS, build_config, load_config, parse_overrides
+from whisper_sv.training.trainer import with_cached_encoder
 
 ROOT = Path(__file__).resolve().parents[1]
 PRESETS = ROOT / "src" / "whisper_sv" / "configs"  # the presets that ship in the package
@@ -292,7 +293,7 @@ def test_encoder_cache_needs_a_frozen_encoder():
 _RSS_AFTER_FREE = """
 import os, sys
 import numpy as np
-from whisper_sv.training.collator import keep_freed_memory
+from whisper_sv.training.trainer import keep_freed_memory
 if sys.argv[1] == "keep":
     assert keep_freed_memory()
 block = np.ones(200_000_000 // 8)  # 200 MB, every page touched
@@ -323,8 +324,8 @@ def test_label_smoothing_trains_with_and_without_the_cache(sv_stores, tmp_path, 
 
     from whisper_sv.data.feature_store import FeatureStore
     from whisper_sv.models.specs import load_model
-    from whisper_sv.training.collator import trainer_class
     from whisper_sv.training.encoder_cache import build_encoder_cache, freeze_cross_attention_kv
+    from whisper_sv.training.trainer import trainer_class
 
     model, _ = load_model("random:tiny")
     model.freeze_encoder()

@@ -138,7 +138,7 @@ class EncoderCache:
 
         # One pass per row, stored numbers straight into the float32 batch: np.stack + astype made
         # two extra copies (a cross_kv batch of 16 is ~290 MB of float16 at 30 s): ~0.55 -> ~0.10 s
-        # a batch on 2 cores, with collator.keep_freed_memory.
+        # a batch on 2 cores, with trainer.keep_freed_memory.
         block = torch.empty((len(rows), *self.shape[1:]), dtype=torch.float32)
         with warnings.catch_warnings():
             # torch warns that it cannot protect a read-only array from writes; it is only read here.

@@ -55,10 +55,11 @@ from .checkpoints import (
     record_finished,
     resume_checkpoint,
 )
-from .collator import SpeechCollator, keep_freed_memory, trainer_class
+from .collator import SpeechCollator
 from .config import TRAINING_DEFAULTS, TrainConfig, effective_values, load_config, parse_overrides, weight_changes
 from .encoder_cache import build_encoder_cache, cache_key, freeze_cross_attention_kv, readahead_for
 from .run_report import draw_curves, make_compute_metrics, push_final, write_eval_utterances, write_metrics, write_model_card
+from .trainer import keep_freed_memory, trainer_class
 
 log = logging.getLogger(__name__)
 
