@@ -146,7 +146,6 @@ class AppConfig:
             raise ValueError(f"max_client_audio_s={self.max_client_audio_s:g} must be at least max_seconds="
                              f"{self.max_seconds:g} (one clip) and at most max_queued_audio_s={self.max_queued_audio_s:g}")
         InferenceConfig(min_window_s=self.min_window_s, language=self.language)  # the same range check
-        check_host(self.host)
 
     @property
     def upload_parent(self) -> Path:
@@ -399,5 +398,6 @@ def add_cli(sub) -> None:
 
 def _run_cli(args: argparse.Namespace) -> int:
     cfg = build(AppConfig, options_from(args, AppConfig))
+    check_host(cfg.host)  # before any model loads (a config is only values: it binds nothing itself)
     launch(build_app(cfg), cfg, block=True)
     return 0
