@@ -43,7 +43,7 @@ def test_export_transcribes_like_the_source_model(sv_corpus, tmp_path):
     out = export_ct2(PACKAGED_BASE, tmp_path / "ct2", quantization="float32")
     for name in ("model.bin", "config.json", "tokenizer.json", "preprocessor_config.json"):
         assert (out / name).is_file(), name
-    assert export_ct2(PACKAGED_BASE, out) == out  # an existing export is kept, not redone
+    assert export_ct2(PACKAGED_BASE, out, quantization="float32") == out  # an existing export is kept, not redone
 
     clips = [c for c in iter_clips(f"cv:{sv_corpus}", "test")][:4]
     # faster-whisper zero-pads the log-mel while Transformers pads the audio; pad the audio to
@@ -73,6 +73,29 @@ def test_export_refuses_unknown_quantization_and_foreign_folders(tmp_path):
     (tmp_path / "busy" / "notes.txt").write_text("mine")
     with pytest.raises(FileExistsError, match="not an export"):
         export_ct2(PACKAGED_BASE, tmp_path / "busy")
+
+
+def test_an_export_of_weights_trained_again_is_redone_and_one_of_another_model_refused(tmp_path, capsys):
+    """make demo exports final/ after every training: an export of the old weights must not be served."""
+    import os
+    import shutil
+
+    from whisper_sv.common.errors import UserError
+    from whisper_sv.models.specs import random_tiny_dir
+    from whisper_sv.serving.export import export_ct2
+
+    final = tmp_path / "final"
+    shutil.copytree(random_tiny_dir(), final)
+    out = export_ct2(str(final), tmp_path / "ct2")
+    first = (out / "whisper_sv_export.json").read_text()
+    assert export_ct2(str(final), out) == out and "already holds this export" in capsys.readouterr().out
+    weights = final / "model.safetensors"
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))  # training wrote it again
+    export_ct2(str(final), out)
+    assert "older weights" in capsys.readouterr().out
+    assert (out / "whisper_sv_export.json").read_text() != first  # the new weights' fingerprint
+    with pytest.raises(UserError, match="holds an export of .*final .*int8.*, not packaged:whisper-base"):
+        export_ct2(PACKAGED_BASE, out)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -33,12 +33,14 @@ def export_ct2(model: str = DEFAULT_MODEL, out: str | Path = "ct2", quantization
     if quantization not in QUANTIZATIONS:
         raise ValueError(f"quantization={quantization!r}: use one of {QUANTIZATIONS}")
     out = Path(out)
-    if out.exists() and not force:
-        if (out / "model.bin").is_file():
-            print(f"{out} already holds an export - skipping (pass --force to redo it)")
-            return out
-        raise FileExistsError(f"{out} exists and is not an export; pick another --out")
     source = resolve_model(model)
+    if out.exists() and not force:
+        if not (out / "model.bin").is_file():
+            raise FileExistsError(f"{out} exists and is not an export; pick another --out")
+        if not _is_stale(out, model, source, quantization):
+            print(f"{out} already holds this export - skipping (pass --force to redo it)")
+            return out
+        print(f"{out} holds an export of older weights of {model} - exporting again")
     local = Path(source).is_dir()
     if local:
         check_model_folder(Path(source))
@@ -54,9 +56,34 @@ def export_ct2(model: str = DEFAULT_MODEL, out: str | Path = "ct2", quantization
                         # the encoder window it was fine-tuned on: serve it with at least this --min-window
                         "window_s": _trained_window_s(source),
                         # the language its generation config forces (a fine-tune's target): served with it
-                        "language": _forced_language(source)}, indent=2)
+                        "language": _forced_language(source),
+                        # what the weights were when exported: a retrained final/ is exported again
+                        "source_fingerprint": _fingerprint(source)}, indent=2)
         )
     return out
+
+
+def _fingerprint(source: str) -> str | None:
+    """Size and modification time of a local model's weights and config (None for a Hub id): cheap
+    even for large models, and it changes whenever training writes final/ again."""
+    folder = Path(source)
+    if not folder.is_dir():
+        return None
+    files = sorted(f for f in folder.iterdir() if f.suffix in (".safetensors", ".bin") or f.name in ("config.json", "generation_config.json"))
+    return ";".join(f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files)
+
+
+def _is_stale(out: Path, model: str, source: str, quantization: str) -> bool:
+    """Whether the export in `out` was made from other weights than `source` has now. An export of
+    another model or quantization is refused (a UserError: --force or another --out)."""
+    try:
+        record = json.loads((out / "whisper_sv_export.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False  # an export made elsewhere (ct2-transformers-converter): keep it, as before
+    if record.get("model") != model or record.get("quantization") != quantization:
+        raise UserError(f"{out} holds an export of {record.get('model')} ({record.get('quantization')}), not {model} "
+                        f"({quantization}); pass --force to replace it or pick another --out")
+    return record.get("source_fingerprint") != _fingerprint(source)
 
 
 def _forced_language(source: str) -> str:
