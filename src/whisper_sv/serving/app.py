@@ -74,6 +74,7 @@ from .continuation import (
 )
 from .inference import BACKENDS, NO_SPEECH, InferenceConfig, Transcriber, pick_backend
 from .limits import ENDPOINTS, UNREADABLE, RequestLimits, check_host, check_inputs
+from .live import LiveConfig, LiveSessions, live_endpoint
 from .scheduler import FairScheduler, Refused
 from .uploads import UPLOADS_MARKER, UploadFolder, claim_upload_folder, release_upload_folder
 
@@ -114,6 +115,8 @@ class AppConfig:
     upload_ttl_s: float = option(600.0, "uploads are deleted this long after they arrive")
     max_upload_store_mb: float = option(1024.0, "new uploads get HTTP 503 while the folder holds this much")
     max_seconds: float = option(600.0, "decoded audio longer than this is refused while decoding")
+    live_sessions: int = option(2, "live microphone sessions at once (ws://HOST:PORT/live); one more is refused")
+    live_max_s: float = option(600.0, "a live session ends after this much audio, s")
     concurrency: int = option(1, (
         "speech chunks (ASR) or requests (LM) each model decodes at once (2 CPU cores: one is "
         "fastest)"
@@ -203,6 +206,9 @@ def _blocks_class():
             finally:
                 if self.scheduler is not None:
                     self.scheduler.close()
+                live, self.live_sessions = getattr(self, "live_sessions", None), None
+                if live is not None:
+                    live.shutdown()
                 folder, self.upload_folder = self.upload_folder, None
                 if folder is not None:
                     release_upload_folder(folder.path)
@@ -232,6 +238,8 @@ def build_app(cfg: AppConfig = AppConfig(), transcriber: Transcriber | None = No
         release_upload_folder(path)
         raise
     demo.upload_folder = folder  # `launch` guards it; `demo.close()` releases it
+    demo.transcriber = transcriber  # `launch` serves live sessions on it
+    demo.live_sessions = LiveSessions(LiveConfig(max_sessions=cfg.live_sessions, max_session_s=cfg.live_max_s))
     return demo
 
 
@@ -360,6 +368,11 @@ def launch(demo, cfg: AppConfig, block: bool = True):
     except BaseException:
         demo.close()
         raise
+    # Live transcription for programs (live.py says the protocol). First among the routes: Gradio
+    # ends its own with a catch-all mount, which would refuse the WebSocket (HTTP 403).
+    from starlette.routing import WebSocketRoute
+
+    result[0].router.routes.insert(0, WebSocketRoute("/live", live_endpoint(demo.live_sessions, demo.transcriber)))
     if block:
         _serve_until_stopped(demo)
     return result

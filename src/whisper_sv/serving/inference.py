@@ -137,7 +137,7 @@ class Transcriber(Protocol):
     Both backends also split and decode separately: ``chunks(audio)`` (the speech chunks, at most
     30 s each) and ``decode(chunks)`` (one text per chunk, "" for a chunk without speech), with
     ``transcribe(audio) == join_texts(decode(chunks(audio)))``. The app's scheduler uses them to
-    interleave requests chunk by chunk (`whisper_sv.serving.app.FairScheduler`).
+    interleave requests chunk by chunk (`whisper_sv.serving.scheduler.FairScheduler`).
     """
 
     name: str  # e.g. "faster-whisper int8 (…/ct2)"

@@ -1,0 +1,382 @@
+"""Live transcription: words while the user speaks, committed once they are stable, never rewritten.
+
+A session keeps the audio of the utterance in progress (the buffer) and decodes it on the app's
+backend (CTranslate2, the encoder window fitted to the buffer) every `LiveConfig.step_s` of new
+audio. What it shows:
+
+* **committed** text, by LocalAgreement-2 (ufal/whisper_streaming): a word is committed once two
+  consecutive decodes of the growing buffer agree on it and on every word before it. Once
+  committed, a word is never taken back; later decodes only add after it.
+* **tentative** text: what the latest decode says beyond the committed words. It may change.
+* **at a pause** (the buffer ends in `pause_ms` or more without speech, by Silero VAD), the
+  utterance is decoded once more and committed whole, and the buffer starts again after it. So
+  the commit lag is bounded by the pause rule even where two decodes never agree, and the decoder
+  never sees more than one utterance. A buffer that reaches `max_buffer_s` without a pause is
+  committed whole the same way.
+
+Why this policy: LocalAgreement is what whisper_streaming measured at about 3.3 s latency on
+unsegmented speech, and it needs nothing from the model but its text (our decode loop has no
+timestamps). Cutting the buffer at pauses, which people make every few seconds, keeps each decode
+short (a 15 s window at most on a 2-core CPU) and gives every utterance a final decode on all of
+its audio, which is what makes live text match the offline transcript.
+
+A session is bounded: `max_session_s` of audio in all (then it finishes), a buffer of at most
+`max_buffer_s`, and `LiveSessions` caps how many run at once (one more is refused with a message).
+A session holds only numbers in memory: nothing on disk, no thread of its own.
+"""
+
+from __future__ import annotations
+
+import difflib
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..audio.io import SAMPLE_RATE
+from ..common.metrics import normalize_text
+from ..common.options import option
+
+
+@dataclass(frozen=True)
+class LiveConfig:
+    """How a live session decodes and how much it may hold."""
+
+    step_s: float = option(1.0, "decode the utterance in progress every this many seconds of new audio")
+    pause_ms: int = option(500, "non-speech at the end of the buffer that closes an utterance (committed whole), ms")
+    max_buffer_s: float = option(15.0, "an utterance without a pause is committed whole at this length, s")
+    max_session_s: float = option(600.0, "a session ends after this much audio, s")
+    max_sessions: int = option(2, "live sessions at once; one more is refused with a message")
+    vad_threshold: float = option(0.5, "Silero speech probability above which a frame is speech")
+
+    def __post_init__(self):
+        if not 0.2 <= self.step_s <= 5:
+            raise ValueError(f"step_s={self.step_s}: use 0.2 to 5 s")
+        if not 100 <= self.pause_ms <= 3000:
+            raise ValueError(f"pause_ms={self.pause_ms}: use 100 to 3000 ms")
+        if not 2 <= self.max_buffer_s <= 28:
+            raise ValueError(f"max_buffer_s={self.max_buffer_s}: use 2 to 28 s (one Whisper window, with room)")
+        if self.max_session_s <= 0 or self.max_sessions < 1:
+            raise ValueError("max_session_s must be positive and max_sessions at least 1")
+
+
+@dataclass
+class Update:
+    """What a session says after a piece of audio: all committed text, what this update committed,
+    and the tentative rest of the utterance in progress."""
+
+    committed: str
+    new: str = ""
+    tentative: str = ""
+    final: bool = False  # the session has ended (finish(), or max_session_s reached)
+
+
+def _words(text: str) -> list[str]:
+    return text.split()
+
+
+def _same(a: list[str], b: list[str]) -> bool:
+    return [normalize_text(w) for w in a] == [normalize_text(w) for w in b]
+
+
+def agreed_prefix(previous: list[str], current: list[str]) -> int:
+    """How many leading words two decodes share (compared normalised: case and punctuation aside)."""
+    n = 0
+    for a, b in zip(previous, current):
+        if normalize_text(a) != normalize_text(b):
+            break
+        n += 1
+    return n
+
+
+def continuation(committed: list[str], hypothesis: list[str]) -> list[str]:
+    """The words of `hypothesis` after the part that `committed` (this utterance's committed words)
+    already says. Usually `hypothesis` starts with them; where a later decode reworded the
+    committed part, the rest starts after the last committed word found in it (difflib)."""
+    if not committed:
+        return hypothesis
+    if _same(hypothesis[: len(committed)], committed):
+        return hypothesis[len(committed) :]
+    a = [normalize_text(w) for w in committed]
+    b = [normalize_text(w) for w in hypothesis]
+    blocks = [m for m in difflib.SequenceMatcher(None, a, b, autojunk=False).get_matching_blocks() if m.size]
+    if not blocks:
+        return hypothesis[len(committed) :]  # nothing in common: keep the count, never repeat words
+    last = blocks[-1]
+    return hypothesis[last.b + last.size + (len(a) - (last.a + last.size)) :]
+
+
+class LiveSession:
+    """One speaker's stream: `feed` 16 kHz mono float32 audio as it arrives, read `Update`s."""
+
+    def __init__(self, backend, cfg: LiveConfig = LiveConfig()):
+        self.backend, self.cfg = backend, cfg
+        self.buffer = np.zeros(0, dtype=np.float32)  # the utterance in progress (and any silence before it)
+        self.committed: list[str] = []  # all committed words of the session
+        self.utterance: list[str] = []  # the committed words of the utterance in progress
+        self.previous: list[str] = []  # the last decode of the buffer, for LocalAgreement
+        self.tentative: list[str] = []
+        self.received_s = 0.0  # audio fed so far
+        self.decode_s = 0.0  # time spent decoding (for the real-time factor)
+        self.decodes = 0
+        self.final = False
+        self._since_decode = 0
+
+    # -- the stream -------------------------------------------------------------------------------
+
+    def feed(self, samples: np.ndarray) -> Update | None:
+        """Add audio; returns an Update when a decode ran (every `step_s` of new audio), else None."""
+        if self.final:
+            return Update(" ".join(self.committed), final=True)
+        samples = np.asarray(samples, dtype=np.float32).reshape(-1)
+        room = int((self.cfg.max_session_s - self.received_s) * SAMPLE_RATE)
+        samples = samples[: max(room, 0)]
+        self.received_s += len(samples) / SAMPLE_RATE
+        self.buffer = np.concatenate([self.buffer, samples])
+        self._since_decode += len(samples)
+        if self.received_s >= self.cfg.max_session_s:
+            return self.finish()
+        if self._since_decode < self.cfg.step_s * SAMPLE_RATE:
+            return None
+        self._since_decode = 0
+        return self._step()
+
+    def finish(self) -> Update:
+        """End the session: the utterance in progress is decoded once more and committed."""
+        if self.final:
+            return Update(" ".join(self.committed), final=True)
+        new = self._close_utterance(len(self.buffer)) if self._speech_spans() else []
+        self.final = True
+        self.buffer = np.zeros(0, dtype=np.float32)
+        return Update(" ".join(self.committed), " ".join(new), "", final=True)
+
+    # -- one step ---------------------------------------------------------------------------------
+
+    def _step(self) -> Update:
+        spans = self._speech_spans()
+        if not spans:  # no speech yet: keep only a little of the silence (a word may be starting)
+            self.buffer = self.buffer[-int(0.5 * SAMPLE_RATE) :]
+            self.tentative = []
+            return Update(" ".join(self.committed))
+        speech_end = spans[-1]["end"]
+        paused = len(self.buffer) - speech_end >= self.cfg.pause_ms * SAMPLE_RATE / 1000
+        if paused or len(self.buffer) >= self.cfg.max_buffer_s * SAMPLE_RATE:
+            new = self._close_utterance(speech_end if paused else len(self.buffer))
+            return Update(" ".join(self.committed), " ".join(new))
+        hypothesis = _words(self._decode(self.buffer))
+        agreed = agreed_prefix(self.previous, hypothesis)
+        new: list[str] = []
+        if agreed > len(self.utterance) and _same(hypothesis[: len(self.utterance)], self.utterance):
+            new = hypothesis[len(self.utterance) : agreed]
+            self.utterance += new
+            self.committed += new
+        self.previous = hypothesis
+        self.tentative = continuation(self.utterance, hypothesis)
+        return Update(" ".join(self.committed), " ".join(new), " ".join(self.tentative))
+
+    def _close_utterance(self, end: int) -> list[str]:
+        """Decode the buffer up to `end` once more, commit what it says beyond the committed words,
+        and start the next utterance after it."""
+        pad = int(0.2 * SAMPLE_RATE)  # the VAD's own padding: word edges are not clipped
+        hypothesis = _words(self._decode(self.buffer[: min(len(self.buffer), end + pad)]))
+        new = continuation(self.utterance, hypothesis)
+        self.committed += new
+        self.buffer = self.buffer[end:]
+        self.utterance, self.previous, self.tentative = [], [], []
+        return new
+
+    def _decode(self, audio: np.ndarray) -> str:
+        started = time.perf_counter()
+        text = self.backend.decode([audio])[0] if len(audio) else ""
+        self.decode_s += time.perf_counter() - started
+        self.decodes += 1
+        return text
+
+    def _speech_spans(self) -> list[dict]:
+        from faster_whisper.vad import VadOptions, get_speech_timestamps
+
+        if not len(self.buffer):
+            return []
+        vad = VadOptions(threshold=self.cfg.vad_threshold, min_silence_duration_ms=self.cfg.pause_ms, speech_pad_ms=0)
+        return get_speech_timestamps(self.buffer, vad, sampling_rate=SAMPLE_RATE)
+
+
+@dataclass
+class LiveSessions:
+    """The live sessions running now, at most `cfg.max_sessions`; one more is refused."""
+
+    cfg: LiveConfig = field(default_factory=LiveConfig)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _open: set = field(default_factory=set)
+    executor: ThreadPoolExecutor = field(init=False)
+
+    def __post_init__(self):
+        # The sessions' decodes run here, one thread per session at most: a fixed, named pool, so
+        # a session (or a client that vanished) never leaves a thread of its own behind.
+        self.executor = ThreadPoolExecutor(max_workers=self.cfg.max_sessions, thread_name_prefix="live-decode")
+
+    def open(self, backend) -> LiveSession:
+        with self._lock:
+            if len(self._open) >= self.cfg.max_sessions:
+                raise SessionsFull(f"{len(self._open)} live sessions are running, the most this server takes; "
+                                   "try again in a minute, or upload a recording instead")
+            session = LiveSession(backend, self.cfg)
+            self._open.add(id(session))
+            return session
+
+    def close(self, session: LiveSession) -> None:
+        with self._lock:
+            self._open.discard(id(session))
+
+    def shutdown(self) -> None:
+        """Stop the decode threads (the app closes): decodes in progress finish, new ones are refused."""
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+    @property
+    def running(self) -> int:
+        with self._lock:
+            return len(self._open)
+
+
+class SessionsFull(Exception):
+    """One live session more than `LiveConfig.max_sessions`; the message is for the user."""
+
+
+# ---------------------------------------------------------------------------------------------
+# The WebSocket API: ws://HOST:PORT/live
+# ---------------------------------------------------------------------------------------------
+
+MAX_FRAME_BYTES = 256 << 10  # one binary message: 2.7 s of 48 kHz int16, far more than a client sends at once
+RATES = (8000, 16000, 22050, 24000, 32000, 44100, 48000)  # sample rates a client may send
+IDLE_S = 15.0  # a session that receives nothing for this long is finished and closed
+
+
+def live_endpoint(sessions: LiveSessions, backend):
+    """The ``/live`` WebSocket handler (Starlette). The protocol, for programs:
+
+    1. optionally a text message ``{"sample_rate": 48000}`` (default 16000; mono);
+    2. binary messages of 16-bit little-endian PCM, as the audio arrives (at most `MAX_FRAME_BYTES` each);
+    3. the text message ``{"end": true}`` when the audio ends.
+
+    After each decode the server sends ``{"committed", "new", "tentative", "final"}`` (JSON text);
+    the last message has ``"final": true`` and the full committed transcript, then the server
+    closes. An error is ``{"error": "..."}`` and a close: too many sessions (code 1013, try again),
+    a bad message (1003), a frame too big (1009). A session is bounded by `LiveConfig`
+    (`max_session_s` of audio, `max_buffer_s`), and by `IDLE_S` without a message; a client that
+    disappears leaves nothing behind (its session is dropped and its place freed).
+    """
+    import asyncio
+
+    from starlette.websockets import WebSocketDisconnect
+
+    async def endpoint(websocket) -> None:
+        loop = asyncio.get_running_loop()
+        await websocket.accept()
+        try:
+            session = sessions.open(backend)
+        except SessionsFull as err:
+            await _refuse(websocket, 1013, str(err))
+            return
+        # One task reads the socket all the time (so pings and a close are seen even while a decode
+        # runs) into `pending`; this one decodes a step at a time. `pending` is bounded by the
+        # session's own limit on audio.
+        pending: list[np.ndarray] = []
+        state = {"rate": SAMPLE_RATE, "samples": 0, "done": False, "gone": False, "refused": None}
+        wake = asyncio.Event()
+        limit = int(sessions.cfg.max_session_s * SAMPLE_RATE)
+
+        async def read() -> None:
+            try:
+                while state["samples"] < limit:
+                    try:
+                        message = await asyncio.wait_for(websocket.receive(), IDLE_S)
+                    except asyncio.TimeoutError:
+                        return  # idle: finish what was said and close
+                    if message["type"] == "websocket.disconnect":
+                        state["gone"] = True
+                        return
+                    refused = _control(message, state) if message.get("text") is not None else _audio(message, state, pending)
+                    if refused or state["done"]:
+                        state["refused"] = refused
+                        return
+                    wake.set()
+            finally:
+                state["done"] = True
+                wake.set()
+
+        reader = asyncio.create_task(read())
+        step = int(sessions.cfg.step_s * SAMPLE_RATE)
+        try:
+            while True:
+                await wake.wait()
+                wake.clear()
+                while pending and not state["gone"]:
+                    audio = np.concatenate(pending)
+                    pending.clear()
+                    piece, rest = audio[:step], audio[step:]
+                    if len(rest):
+                        pending.append(rest)
+                    update = await loop.run_in_executor(sessions.executor, session.feed, piece)
+                    if update is not None:
+                        await websocket.send_json(vars(update))
+                        if update.final:
+                            state["done"] = True
+                            pending.clear()
+                if state["gone"]:
+                    return
+                if state["refused"]:
+                    await _refuse(websocket, *state["refused"])
+                    return
+                if state["done"] and not pending:
+                    break
+            update = await loop.run_in_executor(sessions.executor, session.finish)
+            await websocket.send_json(vars(update))
+            await websocket.close()
+        except (WebSocketDisconnect, RuntimeError):  # the client left while we answered
+            return
+        finally:
+            reader.cancel()
+            sessions.close(session)
+
+    return endpoint
+
+
+def _control(message: dict, state: dict) -> tuple[int, str] | None:
+    """A text message: ``{"sample_rate": N}`` or ``{"end": true}``; (close code, reason) when it is neither."""
+    import json
+
+    try:
+        control = json.loads(message["text"])
+    except ValueError:
+        control = None
+    if not isinstance(control, dict) or not ({"end", "sample_rate"} & set(control)):
+        return 1003, 'send {"sample_rate": N}, then binary 16-bit PCM, then {"end": true}'
+    if "sample_rate" in control:
+        if control["sample_rate"] not in RATES:
+            return 1003, f"sample_rate must be one of {RATES}"
+        state["rate"] = int(control["sample_rate"])
+    if control.get("end"):
+        state["done"] = True
+    return None
+
+
+def _audio(message: dict, state: dict, pending: list) -> tuple[int, str] | None:
+    """A binary message: 16-bit PCM at the session's rate, resampled to 16 kHz into `pending`."""
+    import soxr
+
+    data = message.get("bytes") or b""
+    if len(data) > MAX_FRAME_BYTES or len(data) % 2:
+        return 1009, f"send 16-bit PCM in pieces of at most {MAX_FRAME_BYTES} bytes"
+    samples = np.frombuffer(data, dtype="<i2").astype(np.float32) / 32768.0
+    if state["rate"] != SAMPLE_RATE and len(samples):
+        samples = soxr.resample(samples, state["rate"], SAMPLE_RATE).astype(np.float32)
+    pending.append(samples)
+    state["samples"] += len(samples)
+    return None
+
+
+async def _refuse(websocket, code: int, message: str) -> None:
+    await websocket.send_json({"error": message})
+    await websocket.close(code=code)

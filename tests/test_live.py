@@ -1,0 +1,319 @@
+"""Live transcription's policy on a scripted backend (what each decode says is given), and a real
+60 s recording through the packaged base: committed text is never rewritten, two agreeing decodes
+commit, a pause commits the utterance whole, sessions are bounded."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from whisper_sv.audio.io import SAMPLE_RATE
+from whisper_sv.serving.live import LiveConfig, LiveSession, LiveSessions, SessionsFull, agreed_prefix, continuation
+
+_SPEECH: list[np.ndarray] = []
+
+
+def tone(seconds: float) -> np.ndarray:
+    """`seconds` of continuous synthetic speech (espeak-ng reading Swedish words, no pause over ~0.3 s)."""
+    if not _SPEECH:
+        import subprocess
+
+        from whisper_sv.audio.io import load_audio
+
+        wav = subprocess.run(["espeak-ng", "-v", "sv", "-s", "170", "--stdout",
+                              "ett två tre fyra fem sex sju åtta nio tio elva tolv tretton fjorton femton"],
+                             capture_output=True, check=True).stdout
+        import tempfile
+
+        with tempfile.NamedTemporaryFile(suffix=".wav") as f:
+            f.write(wav)
+            f.flush()
+            audio = load_audio(f.name)
+        loud = np.flatnonzero(np.abs(audio) > 0.01)
+        _SPEECH.append(audio[loud[0] : loud[-1]])
+    speech = _SPEECH[0]
+    reps = int(np.ceil(seconds * SAMPLE_RATE / len(speech)))
+    return np.tile(speech, reps)[: int(seconds * SAMPLE_RATE)].astype(np.float32)
+
+
+def quiet(seconds: float) -> np.ndarray:
+    return (0.0005 * np.random.default_rng(1).standard_normal(int(seconds * SAMPLE_RATE))).astype(np.float32)
+
+
+class Scripted:
+    """A backend whose n-th decode returns the n-th script line (the last one from then on)."""
+
+    name = "scripted"
+
+    def __init__(self, *lines: str):
+        self.lines, self.calls = list(lines), []
+
+    def decode(self, chunks):
+        self.calls.append(len(chunks[0]) / SAMPLE_RATE)
+        return [self.lines[min(len(self.calls) - 1, len(self.lines) - 1)]]
+
+
+def feed(session: LiveSession, audio: np.ndarray, step_s: float = 0.25) -> list:
+    step = int(step_s * SAMPLE_RATE)
+    return [u for i in range(0, len(audio), step) if (u := session.feed(audio[i : i + step])) is not None]
+
+
+@pytest.fixture(scope="module")
+def speech_is_speech():
+    """The buzz must read as speech to Silero, or the tests below test nothing."""
+    from faster_whisper.vad import VadOptions, get_speech_timestamps
+
+    spans = get_speech_timestamps(np.concatenate([quiet(1), tone(3), quiet(1)]), VadOptions(), sampling_rate=SAMPLE_RATE)
+    assert spans and spans[0]["start"] < 1.3 * SAMPLE_RATE and spans[-1]["end"] > 3.7 * SAMPLE_RATE
+
+
+def test_agreement_and_continuation_compare_words_not_spelling():
+    assert agreed_prefix("Hej, på dig".split(), "hej på er".split()) == 2
+    assert continuation(["Hej", "på"], "hej, på dig där".split()) == ["dig", "där"]
+    assert continuation(["Hej", "på"], "Nej hej på dig".split()) == ["dig"]  # reworded before: after the match
+    assert continuation([], ["a"]) == ["a"]
+
+
+def test_two_agreeing_decodes_commit_and_the_rest_stays_tentative(speech_is_speech):
+    backend = Scripted("Det här", "Det här är", "Det här är en", "Det här är en mening")
+    session = LiveSession(backend, LiveConfig(step_s=1.0))
+    updates = feed(session, tone(4.2))
+    assert [u.new for u in updates] == ["", "Det här", "är", "en"]
+    assert updates[-1].committed == "Det här är en" and updates[-1].tentative == "mening"
+
+
+def test_committed_text_is_never_rewritten_even_when_a_decode_changes_it(speech_is_speech):
+    backend = Scripted("Hej på", "Hej på dig", "Nej, på dig nu", "Nej, på dig nu igen")
+    session = LiveSession(backend, LiveConfig(step_s=1.0))
+    texts = [u.committed for u in feed(session, tone(4.2))]
+    assert all(later.startswith(earlier) for earlier, later in zip(texts, texts[1:]))
+    assert texts[-1] == "Hej på"  # the reworded decodes commit nothing until the utterance closes
+    final = session.finish()
+    assert final.final and final.committed == "Hej på dig nu igen"  # the rest after the committed words
+
+
+def test_a_pause_commits_the_utterance_whole_and_the_next_one_starts_after_it(speech_is_speech):
+    backend = Scripted("Ett två", "Tre fyra", "Ett två tre", "Fem sex")
+    session = LiveSession(backend, LiveConfig(step_s=1.0, pause_ms=500))
+    updates = feed(session, np.concatenate([tone(2.0), quiet(1.5)]))
+    assert updates[-1].committed.split()[:2] in (["Ett", "två"], ["Tre", "fyra"])
+    assert len(session.buffer) < 1.6 * SAMPLE_RATE  # the closed utterance's audio is gone
+    assert session.utterance == [] and session.tentative == []
+
+
+def test_silence_decodes_nothing_and_keeps_no_audio():
+    backend = Scripted("Hallucination")
+    session = LiveSession(backend, LiveConfig(step_s=0.5))
+    updates = feed(session, quiet(5))
+    assert backend.calls == [] and all(u.committed == "" and u.tentative == "" for u in updates)
+    assert len(session.buffer) <= 0.5 * SAMPLE_RATE + 0.25 * SAMPLE_RATE
+
+
+def test_a_session_is_bounded_in_buffer_length_and_total_audio(speech_is_speech):
+    backend = Scripted("bla bla bla")
+    session = LiveSession(backend, LiveConfig(step_s=1.0, max_buffer_s=4.0, max_session_s=9.0))
+    updates = feed(session, tone(12))
+    assert max(backend.calls) <= 4.0 + 0.3  # no decode ever saw more than the buffer's limit
+    assert updates[-1].final and session.received_s == pytest.approx(9.0)
+    assert session.feed(tone(1)).final  # a finished session takes no more audio
+
+
+def test_one_session_over_the_cap_is_refused_with_a_message_and_a_closed_one_frees_its_place():
+    sessions = LiveSessions(LiveConfig(max_sessions=2))
+    first, _ = sessions.open(Scripted("a")), sessions.open(Scripted("b"))
+    with pytest.raises(SessionsFull, match="2 live sessions are running.*upload a recording instead"):
+        sessions.open(Scripted("c"))
+    sessions.close(first)
+    assert sessions.running == 1 and sessions.open(Scripted("d"))
+
+
+def test_bad_settings_are_refused():
+    for bad in ({"step_s": 0.01}, {"pause_ms": 10}, {"max_buffer_s": 40}, {"max_sessions": 0}):
+        with pytest.raises(ValueError):
+            LiveConfig(**bad)
+
+
+@pytest.mark.slow
+def test_a_minute_of_speech_live_reads_like_the_offline_transcript(sv_corpus):
+    """60 s and more of stitched test sentences through the packaged base, fed in 100 ms pieces:
+    the committed text's WER is within 10 % (relative) of the offline transcript's WER."""
+    from whisper_sv.audio.longform import long_recordings
+    from whisper_sv.common.metrics import wer_report
+    from whisper_sv.data.sources import iter_clips
+    from whisper_sv.serving.inference import pick_backend
+
+    clips = [(c.id, c.audio, c.sentence, c.speaker) for c in iter_clips(f"cv:{sv_corpus}", "train")]
+    (recording,) = long_recordings(clips, count=1, min_seconds=60)
+    backend = pick_backend("packaged:whisper-base")
+    offline = wer_report([recording.text], [backend.transcribe(recording.audio)])["wer"]
+    session = LiveSession(backend)
+    feed(session, recording.audio, step_s=0.1)
+    live = wer_report([recording.text], [session.finish().committed])["wer"]
+    assert live <= 1.1 * offline, (live, offline)
+
+
+# ---------------------------------------------------------------------------------------------
+# The WebSocket API of the app (ws://HOST:PORT/live), through a real client.
+
+
+@pytest.fixture()
+def live_app(tmp_path):
+    """Start the app on a free loopback port with a given transcriber; yields (start, demos)."""
+    pytest.importorskip("gradio")
+    from test_app import free_port
+
+    from whisper_sv.serving.app import AppConfig, build_app, launch
+    from whisper_sv.serving.continuation import Continuer
+
+    demos = []
+
+    def start(transcriber, **fields):
+        cfg = AppConfig(port=free_port(), upload_dir=str(tmp_path), **fields)
+        demo = build_app(cfg, transcriber=transcriber, continuer=Continuer(None))
+        demos.append(demo)
+        _, url, _ = launch(demo, cfg, block=False)
+        return url.rstrip("/").replace("http://", "ws://") + "/live", demo
+
+    yield start
+    for demo in demos:
+        demo.close()
+
+
+def stream(url: str, audio: np.ndarray, rate: int = SAMPLE_RATE, piece_s: float = 0.1, end: bool = True) -> list[dict]:
+    """Send `audio` as 16-bit PCM pieces (as fast as the server takes them); the server's messages."""
+    import json
+
+    from websockets.sync.client import connect
+
+    pcm = (np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes()
+    step = int(piece_s * rate) * 2
+    messages = []
+    with connect(url, open_timeout=30, close_timeout=5) as ws:
+        if rate != SAMPLE_RATE:
+            ws.send(json.dumps({"sample_rate": rate}))
+        for i in range(0, len(pcm), step):
+            ws.send(pcm[i : i + step])
+        if end:
+            ws.send(json.dumps({"end": True}))
+        for raw in ws:
+            messages.append(json.loads(raw))
+    return messages
+
+
+class Slow(Scripted):
+    def decode(self, chunks):
+        import time
+
+        time.sleep(0.05)
+        return super().decode(chunks)
+
+
+def test_the_api_streams_updates_and_ends_with_the_whole_transcript(live_app, speech_is_speech):
+    import soxr
+
+    url, _ = live_app(Scripted("Det här", "Det här är", "Det här är en", "Det här är en mening"))
+    audio48 = soxr.resample(np.concatenate([tone(4.2), quiet(1.0)]), SAMPLE_RATE, 48000)
+    messages = stream(url, audio48, rate=48000)
+    assert messages[-1]["final"] and messages[-1]["committed"].startswith("Det här är en")
+    committed = [m["committed"] for m in messages]
+    assert all(b.startswith(a) for a, b in zip(committed, committed[1:]))  # never rewritten
+    assert any(m["tentative"] for m in messages[:-1])
+
+
+def test_one_session_over_the_cap_is_told_to_try_again(live_app):
+    import json
+
+    from websockets.sync.client import connect
+
+    url, _ = live_app(Scripted("a"), live_sessions=1)
+    with connect(url) as first:
+        first.send(np.zeros(1600, dtype="<i2").tobytes())
+        with connect(url) as second:
+            reply = json.loads(second.recv())
+            assert "1 live sessions are running" in reply["error"]
+            with pytest.raises(Exception):
+                second.recv()
+            assert second.close_code == 1013
+
+
+def test_bad_messages_are_refused_in_one_line(live_app):
+    import json
+
+    from websockets.sync.client import connect
+
+    url, _ = live_app(Scripted("a"))
+    for message, code in (('{"sample_rate": 12345}', 1003), ("hello", 1003), (b"\0" * (300 << 10), 1009), (b"\0\0\0", 1009)):
+        with connect(url, max_size=None) as ws:
+            ws.send(message)
+            assert set(json.loads(ws.recv())) == {"error"}
+            with pytest.raises(Exception):
+                ws.recv()
+            assert ws.close_code == code
+
+
+def test_a_client_that_vanishes_mid_stream_leaves_no_session_or_thread_behind(live_app, speech_is_speech):
+    import threading
+    import time
+
+    from websockets.sync.client import connect
+
+    url, demo = live_app(Slow("bla bla"))
+    live = demo.live_sessions
+    stream(url, tone(1.0), piece_s=0.5)  # one whole session first: the server's threads are all started
+    time.sleep(0.5)
+    before = {t.name for t in threading.enumerate()}
+    ws = connect(url)
+    pcm = (tone(3.0) * 32767).astype("<i2").tobytes()
+    for i in range(0, len(pcm), 3200):
+        ws.send(pcm[i : i + 3200])
+    ws.socket.close()  # gone without a close handshake, mid-stream
+    deadline = time.time() + 20
+    while live.running and time.time() < deadline:
+        time.sleep(0.1)
+    assert live.running == 0
+    ws.close()  # the client's own reader thread, not the server's
+    time.sleep(1.0)
+    grown = {t.name for t in threading.enumerate()} - before
+    assert all(name.startswith("live-decode") for name in grown), grown  # only the fixed decode pool, which is bounded:
+    assert sum(t.name.startswith("live-decode") for t in threading.enumerate()) <= live.cfg.max_sessions
+    demo.close()
+    time.sleep(0.5)
+    assert not [t for t in threading.enumerate() if t.name.startswith("live-decode")]  # closing the app stops them
+
+
+@pytest.mark.slow
+def test_a_minute_streamed_to_the_api_reads_like_the_offline_transcript(live_app, sv_corpus):
+    """The API client streams 60 s and more of stitched test sentences; the committed text's WER is
+    within 10 % (relative) of the offline transcript's WER (packaged base, the app's backend)."""
+    from whisper_sv.audio.longform import long_recordings
+    from whisper_sv.common.metrics import wer_report
+    from whisper_sv.data.sources import iter_clips
+    from whisper_sv.serving.inference import pick_backend
+
+    clips = [(c.id, c.audio, c.sentence, c.speaker) for c in iter_clips(f"cv:{sv_corpus}", "train")]
+    (recording,) = long_recordings(clips, count=1, min_seconds=60)
+    backend = pick_backend("packaged:whisper-base")
+    offline = wer_report([recording.text], [backend.transcribe(recording.audio)])["wer"]
+    url, _ = live_app(backend)
+    live = wer_report([recording.text], [stream(url, recording.audio)[-1]["committed"]])["wer"]
+    assert live <= 1.1 * offline, (live, offline)
+
+
+def test_the_readme_client_streams_a_file_and_prints_the_live_text(live_app, speech_is_speech, tmp_path):
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import soundfile as sf
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("## Live transcription") :]
+    code = re.search(r"```python\n(.*?)```", section, re.DOTALL).group(1)
+    url, _ = live_app(Scripted("Det här", "Det här är", "Det här är en mening"))
+    assert "ws://127.0.0.1:7860/live" in code
+    sf.write(tmp_path / "clip.wav", (np.concatenate([tone(2.5), quiet(0.8)]) * 32767).astype(np.int16), SAMPLE_RATE)
+    (tmp_path / "client.py").write_text(code.replace("ws://127.0.0.1:7860/live", url))
+    done = subprocess.run([sys.executable, "client.py"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.splitlines()[-1].startswith("Det här är")
