@@ -304,7 +304,7 @@ def test_every_stage_prints_user_errors_as_one_line_and_verbose_shows_the_traceb
         (["evaluate", "--model", "random:tiny", "--data", str(tmp_path)], "neither a feature store"),
         (["evaluate", "--model", "random:tiny", "--data", "nosuch-spec"], "unknown source spec"),
         (["export", "--model", "./nosuch", "--out", str(tmp_path / "ct2")], "no such folder"),
-        (["train", str(tmp_path / "nosuch.json")], "No such file or directory"),
+        (["train", str(tmp_path / "nosuch.json")], "no such file, and no shipped preset"),
         (["features", "--source", "cv:x", "--split", "test", "--out", str(tmp_path / "f"), "--workers", "abc"],
          "invalid int value"),
     ]
@@ -312,7 +312,9 @@ def test_every_stage_prints_user_errors_as_one_line_and_verbose_shows_the_traceb
         assert _exit_code(argv) == 2, argv
         err = capsys.readouterr().err
         assert says in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err, (argv, err)
-    with pytest.raises(FileNotFoundError):
+    from whisper_sv.common.errors import UserError
+
+    with pytest.raises(UserError, match="no such file"):
         main(["train", str(tmp_path / "nosuch.json"), "--verbose"])
     with pytest.raises(ValueError, match="unknown source spec"):
         main(["-v", "evaluate", "--model", "random:tiny", "--data", "nosuch-spec"])
