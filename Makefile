@@ -16,7 +16,7 @@ DEB_PACKAGES ?= espeak-ng ffmpeg chromium postgresql
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 STAMP := build/.setup-done
 
-.PHONY: setup demo test test-fast figures bench bench-features bench-inference bench-window bench-threads bench-app bench-search bench-search-cpu bench-ablation app clean help
+.PHONY: setup demo test test-fast figures bench bench-features bench-inference bench-window bench-threads bench-app bench-live bench-search bench-search-cpu bench-ablation app clean help
 
 setup: $(STAMP)  ## install what demo and tests need: Debian packages, MBROLA voices, PyTorch, requirements (idempotent)
 
@@ -67,6 +67,9 @@ bench-threads: setup  ## CTranslate2 encoder and decoder at 1 thread vs all core
 
 bench-app: setup  ## 20 concurrent gradio_client users on 127.0.0.1
 	flock /tmp/whisper_sv_bench.lock $(PYTHON) bench/app_load.py
+
+bench-live: setup  ## live transcription: first text, commit lag p50/p95, RTF, one and two sessions (60 s recordings, real-time pace)
+	flock /tmp/whisper_sv_bench.lock $(PYTHON) bench/live.py
 
 bench-search: setup  ## ~3 min: crash drill (3 random SIGKILLs) and RSS over 8 trials in one worker
 	flock /tmp/whisper_sv_bench.lock $(PYTHON) bench/search_drill.py --trials 6 --kills 3

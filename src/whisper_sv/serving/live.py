@@ -45,7 +45,7 @@ class LiveConfig:
     """How a live session decodes and how much it may hold."""
 
     step_s: float = option(1.0, "decode the utterance in progress every this many seconds of new audio")
-    pause_ms: int = option(500, "non-speech at the end of the buffer that closes an utterance (committed whole), ms")
+    pause_ms: int = option(300, "non-speech at the end of the buffer that closes an utterance (committed whole), ms")
     max_buffer_s: float = option(15.0, "an utterance without a pause is committed whole at this length, s")
     max_session_s: float = option(600.0, "a session ends after this much audio, s")
     max_sessions: int = option(2, "live sessions at once; one more is refused with a message")

@@ -1,0 +1,174 @@
+"""Live transcription on this machine: latency, commit lag, real-time factor, and sessions at once.
+
+A long recording (60 s or more of the synthetic test sentences, stitched with pauses, so every
+sentence's start and end is known) is fed to live sessions in 100 ms pieces at real-time pace, as a
+microphone would send it, on the app's backend (CTranslate2 int8). Measured:
+
+* first tentative word: from the first sentence's start to the first update that shows any text;
+* commit lag: for each reference word the live transcript got right (aligned by difflib), from its
+  end in the audio to the moment it is committed. Word ends are the sentence's span shared out by
+  characters (synthetic speech is evenly paced; the sentence's own end is exact);
+* real-time factor: decode time over audio time, per session; CPU seconds per audio second;
+* the same with two sessions at once on the 2 cores (each its own recording), and whether they keep
+  up (their backlog at the end of the audio);
+* live WER against the offline transcript of the same recording.
+
+Results: bench/out/live.json; docs/benchmarks.md has the recorded run with the machine named.
+Usage: python bench/live.py [--model packaged:whisper-base] [--model runs/cpu-demo/ct2] [--seconds 60]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from whisper_sv.audio.io import SAMPLE_RATE
+from whisper_sv.audio.longform import Recording, long_recordings
+from whisper_sv.common.metrics import normalize_text, wer_report
+from whisper_sv.data.sources import iter_clips
+from whisper_sv.serving.inference import pick_backend
+from whisper_sv.serving.live import LiveConfig, LiveSession
+from whisper_sv.synth.corpus import SynthConfig, synthesize
+
+OUT = Path("bench/out")
+PIECE_S = 0.1
+
+
+def word_ends(recording: Recording) -> list[float]:
+    """Each reference word's end in seconds: its sentence's span shared out by characters."""
+    ends = []
+    for seg in recording.segments:
+        words = seg.text.split()
+        total = sum(len(w) + 1 for w in words)
+        at = 0
+        for w in words:
+            at += len(w) + 1
+            ends.append(seg.start + (seg.end - seg.start) * at / total)
+    return ends
+
+
+def run_session(backend, recording: Recording, cfg: LiveConfig, result: dict) -> None:
+    """Feed `recording` at real-time pace; record when each committed word appeared."""
+    session = LiveSession(backend, cfg)
+    step = int(PIECE_S * SAMPLE_RATE)
+    start = time.perf_counter()
+    first_text, commits = None, []  # commits: (wall seconds since start, committed word count)
+    for i in range(0, len(recording.audio), step):
+        due = start + i / SAMPLE_RATE
+        if (wait := due - time.perf_counter()) > 0:
+            time.sleep(wait)
+        update = session.feed(recording.audio[i : i + step])
+        now = time.perf_counter() - start
+        if update is not None:
+            if first_text is None and (update.committed or update.tentative):
+                first_text = now
+            commits.append((now, len(update.committed.split())))
+    audio_end = time.perf_counter() - start
+    final = session.finish()
+    commits.append((time.perf_counter() - start, len(final.committed.split())))
+    result.update(session=session, first_text=first_text, commits=commits, text=final.committed,
+                  backlog_s=max(0.0, audio_end - recording.seconds))
+
+
+def lags(recording: Recording, commits: list[tuple[float, int]], text: str) -> tuple[list[float], float]:
+    """Commit lag of each reference word the live transcript got right: the time its live word was
+    committed minus the reference word's end. Words are matched by aligning the normalised live
+    words to the reference (difflib), so extra or missing words do not shift the others. Returns
+    the lags and the share of reference words matched."""
+    import difflib
+
+    ends = word_ends(recording)
+    reference = [normalize_text(w) for w in recording.text.split()]
+    live = [normalize_text(w) for w in text.split()]
+    committed_at, k = [], 0  # the time each live word was committed
+    for t, n in commits:
+        while k < min(n, len(live)):
+            committed_at.append(t)
+            k += 1
+    out = []
+    for block in difflib.SequenceMatcher(None, reference, live, autojunk=False).get_matching_blocks():
+        for d in range(block.size):
+            if block.b + d < len(committed_at):
+                out.append(committed_at[block.b + d] - ends[block.a + d])
+    return out, len(out) / max(len(reference), 1)
+
+
+def measure(spec: str, recordings: list[Recording], sessions: int, cfg: LiveConfig) -> dict:
+    backend = pick_backend(spec)
+    backend.decode([np.zeros(SAMPLE_RATE, dtype=np.float32)])  # the first decode pays for loading: not a session's
+    LiveSession(backend, cfg)._speech_spans()  # nor does Silero's first call
+    results = [{} for _ in range(sessions)]
+    cpu0 = resource.getrusage(resource.RUSAGE_SELF)
+    threads = [threading.Thread(target=run_session, args=(backend, recordings[i], cfg, results[i])) for i in range(sessions)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    cpu1 = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = (cpu1.ru_utime + cpu1.ru_stime) - (cpu0.ru_utime + cpu0.ru_stime)
+    rows = []
+    for rec, res in zip(recordings, results):
+        lag, matched = lags(rec, res["commits"], res["text"])
+        onset = rec.segments[0].start
+        offline = backend.transcribe(rec.audio) if sessions == 1 else None
+        row = {
+            "recording_s": round(rec.seconds, 1),
+            "first_text_s": None if res["first_text"] is None else round(res["first_text"] - onset, 2),
+            "commit_lag_p50_s": round(float(np.percentile(lag, 50)), 2) if lag else None,
+            "commit_lag_p95_s": round(float(np.percentile(lag, 95)), 2) if lag else None,
+            "lag_words_matched": round(matched, 3),
+            "rtf": round(res["session"].decode_s / rec.seconds, 3),
+            "decodes": res["session"].decodes,
+            "backlog_s": round(res["backlog_s"], 2),
+            "wer_live": round(wer_report([rec.text], [res["text"]])["wer"], 4),
+        }
+        if offline is not None:
+            row["wer_offline"] = round(wer_report([rec.text], [offline])["wer"], 4)
+            row["same_words_as_offline"] = normalize_text(offline) == normalize_text(res["text"])
+        rows.append(row)
+    return {"model": spec, "sessions": sessions, "cpu_s_per_audio_s": round(cpu / sum(r.seconds for r in recordings[:sessions]), 3),
+            "per_session": rows}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", action="append", help="model spec(s) (default: packaged:whisper-base, and runs/cpu-demo/ct2 if it exists)")
+    p.add_argument("--corpus", default="bench/out/live-corpus", help="synthetic corpus the recordings come from (made if missing)")
+    p.add_argument("--seconds", type=float, default=60.0, help="each recording at least this long")
+    p.add_argument("--sessions", type=int, action="append", help="sessions at once (default: 1 and 2)")
+    p.add_argument("--step-s", type=float, default=LiveConfig.step_s, help="LiveConfig.step_s")
+    p.add_argument("--pause-ms", type=int, default=LiveConfig.pause_ms, help="LiveConfig.pause_ms")
+    args = p.parse_args()
+    models = args.model or ["packaged:whisper-base"] + (["runs/cpu-demo/ct2"] if Path("runs/cpu-demo/ct2/model.bin").is_file() else [])
+    corpus = Path(args.corpus)
+    if not (corpus / ".completed").is_file():
+        synthesize(corpus, SynthConfig(clips=300, seed=0), workers=2)
+    clips = [(c.id, c.audio, c.sentence, c.speaker) for c in iter_clips(f"cv:{corpus}", "test")]
+    clips += [(c.id, c.audio, c.sentence, c.speaker) for c in iter_clips(f"cv:{corpus}", "dev")]
+    recordings = long_recordings(clips, count=2, min_seconds=args.seconds)
+    if len(recordings) < 2:
+        raise SystemExit(f"{corpus}: not enough test and dev speech for two {args.seconds:g} s recordings")
+    cfg = LiveConfig(step_s=args.step_s, pause_ms=args.pause_ms)
+    results = []
+    for spec in models:
+        for sessions in args.sessions or (1, 2):
+            result = measure(spec, recordings, sessions, cfg)
+            results.append(result)
+            for row in result["per_session"]:
+                print(f"{spec} x{sessions}: first text {row['first_text_s']} s, commit lag p50 {row['commit_lag_p50_s']} s "
+                      f"p95 {row['commit_lag_p95_s']} s ({row['lag_words_matched']:.0%} of words matched), RTF {row['rtf']}, backlog {row['backlog_s']} s, "
+                      f"WER live {row['wer_live']}" + (f" offline {row['wer_offline']}" if "wer_offline" in row else ""), flush=True)
+            print(f"  CPU s per audio s: {result['cpu_s_per_audio_s']}", flush=True)
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / "live.json").write_text(json.dumps({"config": vars(cfg), "results": results}, indent=2))
+    print(f"wrote {OUT / 'live.json'}")
+
+
+if __name__ == "__main__":
+    main()
