@@ -75,3 +75,12 @@ def stopping_tiny(folder, seed: int, stop_at: int = 10):
         model.model.decoder.layer_norm.weight.mul_(10.0)
     model.save_pretrained(folder)
     return folder
+
+
+def ctrl_c_works() -> None:
+    """A Popen ``preexec_fn``: give the child Ctrl-C back. A suite started in the background by a
+    shell without job control (``cmd &``) ignores SIGINT, children inherit that, and Python then
+    never raises KeyboardInterrupt: a test that sends SIGINT would test nothing."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

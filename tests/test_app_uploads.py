@@ -18,6 +18,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from helpers import ctrl_c_works
 
 pytest.importorskip("gradio")
 from test_app import free_port  # noqa: E402
@@ -161,7 +162,7 @@ def test_a_signal_stops_the_app_and_deletes_its_folder(shared_dir, tmp_path, sig
     with open(log, "wb") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "whisper_sv.cli", "app", "--model", "packaged:whisper-base", "--port", str(port),
-             "--upload-dir", str(shared_dir)], cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT)
+             "--upload-dir", str(shared_dir)], cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT, preexec_fn=ctrl_c_works)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.time() + 300

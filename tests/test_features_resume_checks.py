@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import SV_CORPUS
+from helpers import SV_CORPUS, ctrl_c_works
 
 from whisper_sv.data.feature_config import FeatureConfig
 from whisper_sv.features.build import build_features
@@ -117,7 +117,8 @@ def test_ctrl_c_stops_synth_in_one_line_and_the_same_command_finishes_the_corpus
     out = tmp_path / "corpus"
     clips = out / "clips"
     # Its own session, and SIGINT to the whole group: what Ctrl-C in a terminal does (the workers get it too).
-    proc = subprocess.Popen(_synth_cmd(out), start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(_synth_cmd(out), start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=ctrl_c_works)
     try:
         deadline = time.time() + 300
         while not (clips.is_dir() and len(list(clips.glob("*.mp3"))) >= 2):
