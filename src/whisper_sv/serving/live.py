@@ -312,18 +312,19 @@ def live_endpoint(sessions: LiveSessions, backend):
             while True:
                 await wake.wait()
                 wake.clear()
-                while pending and not state["gone"]:
-                    audio = np.concatenate(pending)
+                while pending and not state["gone"] and not session.final:
+                    audio = np.concatenate(pending)  # what arrived so far, joined once and walked a step at a time
                     pending.clear()
-                    piece, rest = audio[:step], audio[step:]
-                    if len(rest):
-                        pending.append(rest)
-                    update = await loop.run_in_executor(sessions.executor, session.feed, piece)
-                    if update is not None:
-                        await websocket.send_json(vars(update))
-                        if update.final:
-                            state["done"] = True
-                            pending.clear()
+                    for start in range(0, len(audio), step):
+                        update = await loop.run_in_executor(sessions.executor, session.feed, audio[start : start + step])
+                        if state["gone"]:
+                            break
+                        if update is not None:
+                            await websocket.send_json(vars(update))
+                            if update.final:
+                                state["done"] = True
+                                pending.clear()
+                                break
                 if state["gone"]:
                     return
                 if state["refused"]:
