@@ -188,3 +188,31 @@ def test_a_signal_stops_the_app_and_deletes_its_folder(shared_dir, tmp_path, sig
     assert "Traceback" not in text, text
     assert not sent.exists() and not ours.exists() and own_folders(shared_dir) == []
     assert users_files(shared_dir) == before
+
+
+SIGTERM_DURING_START = """
+import os, signal, sys, types
+from whisper_sv.serving.app import AppConfig, launch
+
+class Demo:  # what launch() touches of a built app; its launch() is hit by SIGTERM half-way
+    upload_folder = types.SimpleNamespace(path=sys.argv[1])
+    live_sessions = transcriber = None
+    is_running = True
+    def launch(self, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)  # the server already answers; Gradio's launch has not returned
+        return (types.SimpleNamespace(router=types.SimpleNamespace(routes=[])), "http://x", None)
+    def close(self):
+        print("closed", flush=True)
+
+launch(Demo(), AppConfig(), block=True)
+print("returned", flush=True)
+"""
+
+
+def test_sigterm_while_the_server_is_starting_still_closes_the_app(tmp_path):
+    """The server answers before Gradio's launch() returns: a SIGTERM in that gap must close the app
+    (which deletes its upload folder), not kill the process with the folder left on disk."""
+    out = subprocess.run([sys.executable, "-c", SIGTERM_DURING_START, str(tmp_path)],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["closed", "returned"]

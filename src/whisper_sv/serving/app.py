@@ -353,43 +353,56 @@ def blocked_paths(upload_dir: str | Path) -> list[str]:
 def launch(demo, cfg: AppConfig, block: bool = True):
     """Start the server with the upload, queue and file-serving limits; returns (app, local_url, share_url).
 
-    With `block`, serve until Ctrl-C or SIGTERM, then close the app, which deletes its upload folder."""
+    With `block`, serve until Ctrl-C or SIGTERM, then close the app, which deletes its upload folder.
+    The SIGTERM handler goes in before the server starts: the server answers requests before
+    Gradio's own `launch` returns, and a SIGTERM in that gap would otherwise kill the process with
+    its upload folder still on disk."""
     from starlette.middleware import Middleware
 
     folder: UploadFolder = demo.upload_folder
     max_file_bytes = int(cfg.max_upload_mb * 1024 * 1024)
     limits = Middleware(RequestLimits, max_file_bytes=max_file_bytes, max_files=cfg.max_files_per_upload, folder=folder)
+    stop = threading.Event()
+    previous = _on_sigterm(stop) if block else None
     try:
-        result = demo.launch(
-            server_name=cfg.host, server_port=cfg.port, max_file_size=max_file_bytes,
-            blocked_paths=blocked_paths(folder.path), allowed_paths=[], show_error=False, ssr_mode=False,
-            prevent_thread_lock=True, quiet=not block, footer_links=["api"], app_kwargs={"middleware": [limits]},
-        )
-    except BaseException:
-        demo.close()
-        raise
-    # Live transcription for programs (live.py says the protocol). First among the routes: Gradio
-    # ends its own with a catch-all mount, which would refuse the WebSocket (HTTP 403).
-    from starlette.routing import WebSocketRoute
+        try:
+            result = demo.launch(
+                server_name=cfg.host, server_port=cfg.port, max_file_size=max_file_bytes,
+                blocked_paths=blocked_paths(folder.path), allowed_paths=[], show_error=False, ssr_mode=False,
+                prevent_thread_lock=True, quiet=not block, footer_links=["api"], app_kwargs={"middleware": [limits]},
+            )
+        except BaseException:
+            demo.close()
+            raise
+        # Live transcription for programs (live.py says the protocol). First among the routes: Gradio
+        # ends its own with a catch-all mount, which would refuse the WebSocket (HTTP 403).
+        from starlette.routing import WebSocketRoute
 
-    result[0].router.routes.insert(0, WebSocketRoute("/live", live_endpoint(demo.live_sessions, demo.transcriber)))
-    if block:
-        _serve_until_stopped(demo)
+        result[0].router.routes.insert(0, WebSocketRoute("/live", live_endpoint(demo.live_sessions, demo.transcriber)))
+        if block:
+            _serve_until_stopped(demo, stop)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return result
 
 
-def _serve_until_stopped(demo) -> None:
-    """Wait for Ctrl-C or SIGTERM (what `kill`, systemd and docker stop send), then close the app."""
-    stop = threading.Event()
+def _on_sigterm(stop: threading.Event):
+    """Make SIGTERM (what `kill`, systemd and docker stop send) set `stop`; returns the handler it
+    replaced, or None off the main thread (only the main thread may handle signals)."""
 
     def on_sigterm(signum, frame):
         log.info("SIGTERM: stopping the app")
         stop.set()
 
     try:
-        previous = signal.signal(signal.SIGTERM, on_sigterm)
-    except ValueError:  # not the main thread: only the main thread may handle signals
-        previous = None
+        return signal.signal(signal.SIGTERM, on_sigterm)
+    except ValueError:
+        return None
+
+
+def _serve_until_stopped(demo, stop: threading.Event) -> None:
+    """Wait for Ctrl-C or `stop` (set by SIGTERM), then close the app."""
     try:
         while not stop.wait(0.5) and demo.is_running:
             pass
@@ -397,8 +410,6 @@ def _serve_until_stopped(demo) -> None:
         log.info("Ctrl-C: stopping the app")
     finally:
         demo.close()
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
 
 
 def add_cli(sub) -> None:
