@@ -90,6 +90,7 @@ def test_committed_text_is_never_rewritten_even_when_a_decode_changes_it(speech_
     assert texts[-1] == "Hej på"  # the reworded decodes commit nothing until the utterance closes
     final = session.finish()
     assert final.final and final.committed == "Hej på dig nu igen"  # the rest after the committed words
+    assert final.utterance_end and not any(u.utterance_end for u in feed(LiveSession(backend), quiet(2)))
 
 
 def test_a_pause_commits_the_utterance_whole_and_the_next_one_starts_after_it(speech_is_speech):
@@ -99,6 +100,8 @@ def test_a_pause_commits_the_utterance_whole_and_the_next_one_starts_after_it(sp
     assert updates[-1].committed.split()[:2] in (["Ett", "två"], ["Tre", "fyra"])
     assert len(session.buffer) < 1.6 * SAMPLE_RATE  # the closed utterance's audio is gone
     assert session.utterance == [] and session.tentative == []
+    # The page continues the text at an utterance's end, and only there.
+    assert updates[-1].utterance_end and not any(u.utterance_end for u in updates[:-1])
 
 
 def test_silence_decodes_nothing_and_keeps_no_audio():
@@ -242,9 +245,11 @@ def test_bad_messages_are_refused_in_one_line(live_app):
     from websockets.sync.client import connect
 
     url, _ = live_app(Scripted("a"))
-    for message, code in (('{"sample_rate": 12345}', 1003), ("hello", 1003), (b"\0" * (300 << 10), 1009), (b"\0\0\0", 1009)):
+    for message, code in (('{"sample_rate": 12345}', 1003), ("hello", 1003), (b"\0" * (300 << 10), 1009), (b"\0\0\0", 1009),
+                          ([b"\0\0", '{"sample_rate": 48000}'], 1003)):  # the rate changes after the audio began
         with connect(url, max_size=None) as ws:
-            ws.send(message)
+            for piece in message if isinstance(message, list) else [message]:
+                ws.send(piece)
             assert set(json.loads(ws.recv())) == {"error"}
             with pytest.raises(Exception):
                 ws.recv()
@@ -317,3 +322,21 @@ def test_the_readme_client_streams_a_file_and_prints_the_live_text(live_app, spe
     done = subprocess.run([sys.executable, "client.py"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.splitlines()[-1].startswith("Det här är")
+
+
+def test_audio_sent_in_pieces_is_resampled_as_one_stream():
+    """A browser sends 0.1 s pieces at its own rate: they must join without a click at each boundary."""
+    import soxr
+
+    from whisper_sv.serving.live import _audio
+
+    t = np.arange(48000) / 48000
+    sine = (0.5 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+    pcm = (sine * 32767).astype("<i2").tobytes()
+    state, pending = {"rate": 48000, "samples": 0}, []
+    for i in range(0, len(pcm), 9600):  # 0.1 s of 48 kHz int16
+        assert _audio({"bytes": pcm[i : i + 9600]}, state, pending) is None
+    got = np.concatenate(pending)
+    whole = soxr.resample(sine, 48000, SAMPLE_RATE)
+    assert len(whole) - 0.05 * SAMPLE_RATE < len(got) <= len(whole)  # the filter holds back its last ~20 ms
+    assert np.max(np.abs(got - whole[: len(got)])) < 1e-3  # pieces resampled apart differ by ~1e-2 at the joins

@@ -70,6 +70,7 @@ class Update:
     committed: str
     new: str = ""
     tentative: str = ""
+    utterance_end: bool = False  # an utterance was closed (a pause, max_buffer_s or the end): what the page may continue
     final: bool = False  # the session has ended (finish(), or max_session_s reached)
 
 
@@ -150,7 +151,7 @@ class LiveSession:
         new = self._close_utterance(len(self.buffer)) if self._speech_spans() else []
         self.final = True
         self.buffer = np.zeros(0, dtype=np.float32)
-        return Update(" ".join(self.committed), " ".join(new), "", final=True)
+        return Update(" ".join(self.committed), " ".join(new), "", utterance_end=bool(new), final=True)
 
     # -- one step ---------------------------------------------------------------------------------
 
@@ -164,7 +165,7 @@ class LiveSession:
         paused = len(self.buffer) - speech_end >= self.cfg.pause_ms * SAMPLE_RATE / 1000
         if paused or len(self.buffer) >= self.cfg.max_buffer_s * SAMPLE_RATE:
             new = self._close_utterance(speech_end if paused else len(self.buffer))
-            return Update(" ".join(self.committed), " ".join(new))
+            return Update(" ".join(self.committed), " ".join(new), utterance_end=True)
         hypothesis = _words(self._decode(self.buffer))
         agreed = agreed_prefix(self.previous, hypothesis)
         new: list[str] = []
@@ -249,7 +250,7 @@ class SessionsFull(Exception):
 # ---------------------------------------------------------------------------------------------
 
 MAX_FRAME_BYTES = 256 << 10  # one binary message: 2.7 s of 48 kHz int16, far more than a client sends at once
-RATES = (8000, 16000, 22050, 24000, 32000, 44100, 48000)  # sample rates a client may send
+RATES = (8000, 16000, 22050, 24000, 32000, 44100, 48000, 88200, 96000)  # sample rates a client may send (a browser's AudioContext uses its device's)
 IDLE_S = 15.0  # a session that receives nothing for this long is finished and closed
 
 
@@ -357,6 +358,8 @@ def _control(message: dict, state: dict) -> tuple[int, str] | None:
     if "sample_rate" in control:
         if control["sample_rate"] not in RATES:
             return 1003, f"sample_rate must be one of {RATES}"
+        if state["samples"] and control["sample_rate"] != state["rate"]:
+            return 1003, "send sample_rate before the audio"
         state["rate"] = int(control["sample_rate"])
     if control.get("end"):
         state["done"] = True
@@ -372,7 +375,11 @@ def _audio(message: dict, state: dict, pending: list) -> tuple[int, str] | None:
         return 1009, f"send 16-bit PCM in pieces of at most {MAX_FRAME_BYTES} bytes"
     samples = np.frombuffer(data, dtype="<i2").astype(np.float32) / 32768.0
     if state["rate"] != SAMPLE_RATE and len(samples):
-        samples = soxr.resample(samples, state["rate"], SAMPLE_RATE).astype(np.float32)
+        # One resampler per stream, so the pieces join without a click at every boundary (a browser
+        # sends a piece every 0.1 s); the filter holds back the stream's last ~20 ms, which is after the speech.
+        if state.get("resampler") is None:
+            state["resampler"] = soxr.ResampleStream(state["rate"], SAMPLE_RATE, 1, dtype="float32")
+        samples = state["resampler"].resample_chunk(samples)
     pending.append(samples)
     state["samples"] += len(samples)
     return None
