@@ -48,7 +48,7 @@ test-fast: setup  ## the test suite without the tests marked slow
 # Redraws the img/ figures that the notebooks and the browser test draw; tests write theirs to
 # temporary folders, never into img/. The two feature notebooks run in the repository root
 # (img/log_mels.png, img/log_mels_smoothed.png, img/smoothing.png; they leave corpus/notebook and
-# features/notebook*), and the browser test saves img/app.png.
+# features/notebook*), and the browser tests save img/app.png and img/app_live.png.
 figures: setup  ## redraw the img/ figures (log-mels, smoothing, the app's page)
 	$(PYTHON) -m jupyter execute --timeout=900 --kernel_name=python3 feature_pipeline.ipynb smoothed_features.ipynb
 	$(PYTHON) -m pytest -q tests/test_app_browser.py --figures-dir img

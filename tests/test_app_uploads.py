@@ -186,6 +186,7 @@ def test_a_signal_stops_the_app_and_deletes_its_folder(shared_dir, tmp_path, sig
             proc.wait()
     text = log.read_text()
     assert "Traceback" not in text, text
+    assert "speech model warmed up" in text  # before the first request, not by it
     assert not sent.exists() and not ours.exists() and own_folders(shared_dir) == []
     assert users_files(shared_dir) == before
 

@@ -4,6 +4,9 @@ commit, a pause commits the utterance whole, sessions are bounded."""
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+
 import numpy as np
 import pytest
 
@@ -340,3 +343,16 @@ def test_audio_sent_in_pieces_is_resampled_as_one_stream():
     whole = soxr.resample(sine, 48000, SAMPLE_RATE)
     assert len(whole) - 0.05 * SAMPLE_RATE < len(got) <= len(whole)  # the filter holds back its last ~20 ms
     assert np.max(np.abs(got - whole[: len(got)])) < 1e-3  # pieces resampled apart differ by ~1e-2 at the joins
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="Node.js is not installed (only this syntax check needs it)")
+def test_the_pages_live_script_parses(tmp_path):
+    """A syntax error in the live panel's script only shows in the browser's console, and the panel
+    then does nothing: parse it as Gradio runs it (the body of a function of `element`, ...)."""
+    from whisper_sv.serving.live_page import SCRIPT
+
+    check = tmp_path / "check.js"
+    check.write_text("new Function('element', 'trigger', 'props', require('fs').readFileSync(process.argv[2], 'utf8'));\n")
+    (tmp_path / "panel.js").write_text(SCRIPT)
+    out = subprocess.run(["node", str(check), str(tmp_path / "panel.js")], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr

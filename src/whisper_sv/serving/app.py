@@ -2,7 +2,8 @@
 
 The page and the API are the same two functions: ``/transcribe`` (audio file -> text) and
 ``/continue`` (text, length, temperature -> continuation), so ``gradio_client`` scripts get what the
-page shows. It is built to be exposed:
+page shows. The page's live microphone panel (live_page.py) and programs share ``ws://HOST:PORT/live``
+(live.py). It is built to be exposed:
 
 * uploads over ``max_upload_mb`` are refused by Gradio with HTTP 413 before they reach the model;
   `RequestLimits` refuses, with 413 and a message, an upload request with more than
@@ -72,9 +73,10 @@ from .continuation import (
     Continuer,
     check_text,
 )
-from .inference import BACKENDS, NO_SPEECH, InferenceConfig, Transcriber, pick_backend
+from .inference import BACKENDS, NO_SPEECH, InferenceConfig, Transcriber, pick_backend, warm_up
 from .limits import ENDPOINTS, UNREADABLE, RequestLimits, check_host, check_inputs
 from .live import LiveConfig, LiveSessions, live_endpoint
+from .live_page import live_panel
 from .scheduler import FairScheduler, Refused
 from .uploads import UPLOADS_MARKER, UploadFolder, claim_upload_folder, release_upload_folder
 
@@ -218,12 +220,15 @@ def _blocks_class():
 
 def build_app(cfg: AppConfig = AppConfig(), transcriber: Transcriber | None = None,
                continuer: Continuer | None = None):
-    """The Blocks page with its two API endpoints; loads the speech model now, the LM lazily.
+    """The Blocks page with its two API endpoints; loads and warms the speech model now (unless
+    `transcriber` is given), the LM lazily.
 
     Claims the process's upload folder (`claim_upload_folder`); ``demo.close()`` gives it back.
     """
-    transcriber = transcriber or pick_backend(cfg.model, backend=cfg.backend,
-                                              options=InferenceConfig(min_window_s=cfg.min_window_s, language=cfg.language))
+    if transcriber is None:  # loaded here, so warmed here: the first request should not pay its first call
+        transcriber = pick_backend(cfg.model, backend=cfg.backend,
+                                   options=InferenceConfig(min_window_s=cfg.min_window_s, language=cfg.language))
+        log.info("speech model warmed up in %.1f s", warm_up(transcriber))
     continuer = continuer or Continuer(cfg.lm)
     # After the models load (a model that fails leaves no folder behind), before Gradio is imported
     # (some of its modules read GRADIO_TEMP_DIR once, at import) and before any component exists
@@ -316,12 +321,15 @@ def _build_blocks(gr, cfg: AppConfig, transcriber: Transcriber, continuer: Conti
             with gr.Column():
                 audio = gr.Audio(sources=["microphone", "upload"], type="filepath", label="Swedish speech")
                 transcribe_btn = gr.Button("Transcribe", variant="primary")
+                live_panel(gr)  # live microphone mode: words while you speak, over /live
             with gr.Column():
                 transcript = gr.Textbox(label="Transcript", lines=4, elem_id="transcript", max_length=MAX_TEXT_CHARS)
         lm_status = gr.Markdown(continuer.status, elem_id="lm-status")
         with gr.Row():
-            length = gr.Slider(1, MAX_NEW_TOKENS, value=40, step=1, label="Length (new tokens)")
-            temperature = gr.Slider(0.0, 2.0, value=0.8, step=0.05, label="Temperature (0 = greedy)")
+            # elem_ids: the live panel reads them for its continuation at pauses
+            length = gr.Slider(1, MAX_NEW_TOKENS, value=40, step=1, label="Length (new tokens)", elem_id="lm-length")
+            temperature = gr.Slider(0.0, 2.0, value=0.8, step=0.05, label="Temperature (0 = greedy)",
+                                    elem_id="lm-temperature")
         continue_btn = gr.Button("Continue the text")
         continuation = gr.Textbox(label="Continuation", lines=4, elem_id="continuation")
 
