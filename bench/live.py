@@ -32,7 +32,7 @@ from whisper_sv.audio.io import SAMPLE_RATE
 from whisper_sv.audio.longform import Recording, long_recordings
 from whisper_sv.common.metrics import normalize_text, wer_report
 from whisper_sv.data.sources import iter_clips
-from whisper_sv.serving.inference import pick_backend
+from whisper_sv.serving.inference import pick_backend, warm_up
 from whisper_sv.serving.live import LiveConfig, LiveSession
 from whisper_sv.synth.corpus import SynthConfig, synthesize
 
@@ -101,8 +101,7 @@ def lags(recording: Recording, commits: list[tuple[float, int]], text: str) -> t
 
 def measure(spec: str, recordings: list[Recording], sessions: int, cfg: LiveConfig) -> dict:
     backend = pick_backend(spec)
-    backend.decode([np.zeros(SAMPLE_RATE, dtype=np.float32)])  # the first decode pays for loading: not a session's
-    LiveSession(backend, cfg)._speech_spans()  # nor does Silero's first call
+    warm_up(backend)  # as the app does: the first decode and Silero's first call are not a session's
     results = [{} for _ in range(sessions)]
     cpu0 = resource.getrusage(resource.RUSAGE_SELF)
     threads = [threading.Thread(target=run_session, args=(backend, recordings[i], cfg, results[i])) for i in range(sessions)]
@@ -144,6 +143,7 @@ def main() -> None:
     p.add_argument("--sessions", type=int, action="append", help="sessions at once (default: 1 and 2)")
     p.add_argument("--step-s", type=float, default=LiveConfig.step_s, help="LiveConfig.step_s")
     p.add_argument("--pause-ms", type=int, default=LiveConfig.pause_ms, help="LiveConfig.pause_ms")
+    p.add_argument("--first-decode-s", type=float, default=LiveConfig.first_decode_s, help="LiveConfig.first_decode_s")
     args = p.parse_args()
     models = args.model or ["packaged:whisper-base"] + (["runs/cpu-demo/ct2"] if Path("runs/cpu-demo/ct2/model.bin").is_file() else [])
     corpus = Path(args.corpus)
@@ -154,7 +154,7 @@ def main() -> None:
     recordings = long_recordings(clips, count=2, min_seconds=args.seconds)
     if len(recordings) < 2:
         raise SystemExit(f"{corpus}: not enough test and dev speech for two {args.seconds:g} s recordings")
-    cfg = LiveConfig(step_s=args.step_s, pause_ms=args.pause_ms)
+    cfg = LiveConfig(step_s=args.step_s, pause_ms=args.pause_ms, first_decode_s=args.first_decode_s)
     results = []
     for spec in models:
         for sessions in args.sessions or (1, 2):

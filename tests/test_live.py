@@ -97,14 +97,30 @@ def test_committed_text_is_never_rewritten_even_when_a_decode_changes_it(speech_
 
 
 def test_a_pause_commits_the_utterance_whole_and_the_next_one_starts_after_it(speech_is_speech):
-    backend = Scripted("Ett två", "Tre fyra", "Ett två tre", "Fem sex")
+    backend = Scripted("Ett två", "Tre fyra", "Ett två tre", "Ett två tre fyra")
     session = LiveSession(backend, LiveConfig(step_s=1.0, pause_ms=500))
     updates = feed(session, np.concatenate([tone(2.0), quiet(1.5)]))
-    assert updates[-1].committed.split()[:2] in (["Ett", "två"], ["Tre", "fyra"])
+    assert updates[-1].committed == "Ett två tre fyra"  # the closing decode, committed whole
     assert len(session.buffer) < 1.6 * SAMPLE_RATE  # the closed utterance's audio is gone
     assert session.utterance == [] and session.tentative == []
     # The page continues the text at an utterance's end, and only there.
     assert updates[-1].utterance_end and not any(u.utterance_end for u in updates[:-1])
+
+
+def test_first_words_and_a_pause_are_acted_on_between_steps(speech_is_speech):
+    """With a 3 s step, the first decode still comes `first_decode_s` after speech starts, and a
+    pause closes the utterance once `pause_ms` of it have passed, not at the next step."""
+    backend = Scripted("Ett", "Ett två")
+    session = LiveSession(backend, LiveConfig(step_s=3.0, pause_ms=300, first_decode_s=0.5))
+    piece, seen = int(0.1 * SAMPLE_RATE), []
+    audio = np.concatenate([quiet(0.5), tone(1.5), quiet(1.4)])
+    for i in range(0, len(audio), piece):
+        if (update := session.feed(audio[i : i + piece])) is not None:
+            seen.append(((i + piece) / SAMPLE_RATE, update))
+    (first_at, first), (closed_at, closed) = seen[0], seen[-1]
+    assert first.tentative == "Ett" and first_at <= 0.5 + 0.5 + 0.25  # speech from 0.5 s; Silero needs a frame or two
+    assert closed.utterance_end and closed.committed == "Ett två" and closed_at <= 2.0 + 0.3 + 0.25
+    assert len(seen) == 2 and len(backend.calls) == 2  # no decode between: the 3 s step never came
 
 
 def test_silence_decodes_nothing_and_keeps_no_audio():

@@ -45,6 +45,7 @@ class LiveConfig:
     """How a live session decodes and how much it may hold."""
 
     step_s: float = option(1.0, "decode the utterance in progress every this many seconds of new audio")
+    first_decode_s: float = option(0.5, "an utterance's first decode runs once this much of its speech has arrived, s")
     pause_ms: int = option(300, "non-speech at the end of the buffer that closes an utterance (committed whole), ms")
     max_buffer_s: float = option(15.0, "an utterance without a pause is committed whole at this length, s")
     max_session_s: float = option(600.0, "a session ends after this much audio, s")
@@ -54,6 +55,8 @@ class LiveConfig:
     def __post_init__(self):
         if not 0.2 <= self.step_s <= 5:
             raise ValueError(f"step_s={self.step_s}: use 0.2 to 5 s")
+        if not 0.1 <= self.first_decode_s <= self.step_s:
+            raise ValueError(f"first_decode_s={self.first_decode_s}: use 0.1 s up to step_s")
         if not 100 <= self.pause_ms <= 3000:
             raise ValueError(f"pause_ms={self.pause_ms}: use 100 to 3000 ms")
         if not 2 <= self.max_buffer_s <= 28:
@@ -124,6 +127,7 @@ class LiveSession:
         self.decodes = 0
         self.final = False
         self._since_decode = 0
+        self._speaking = False  # the last look found speech in the utterance in progress
 
     # -- the stream -------------------------------------------------------------------------------
 
@@ -139,10 +143,18 @@ class LiveSession:
         self._since_decode += len(samples)
         if self.received_s >= self.cfg.max_session_s:
             return self.finish()
-        if self._since_decode < self.cfg.step_s * SAMPLE_RATE:
-            return None
-        self._since_decode = 0
-        return self._step()
+        if self._since_decode >= self.cfg.step_s * SAMPLE_RATE or len(self.buffer) >= self.cfg.max_buffer_s * SAMPLE_RATE:
+            self._since_decode = 0
+            return self._step()
+        # Between steps, at every piece: a pause closes the utterance now, not at the next step, and
+        # the first words of an utterance show once `first_decode_s` of it has arrived.
+        if self._speaking:
+            update = self._step(only_close=True) if self._tail_is_quiet() else None
+        else:
+            update = self._step() if self._speech_started() else None
+        if update is not None:
+            self._since_decode = 0
+        return update
 
     def finish(self) -> Update:
         """End the session: the utterance in progress is decoded once more and committed."""
@@ -155,17 +167,22 @@ class LiveSession:
 
     # -- one step ---------------------------------------------------------------------------------
 
-    def _step(self) -> Update:
+    def _step(self, only_close: bool = False) -> Update | None:
+        """Look at the buffer: close the utterance at a pause (or at `max_buffer_s`), else decode it
+        and commit what two decodes agree on; with `only_close`, return None instead of decoding."""
         spans = self._speech_spans()
         if not spans:  # no speech yet: keep only a little of the silence (a word may be starting)
             self.buffer = self.buffer[-int(0.5 * SAMPLE_RATE) :]
-            self.tentative = []
+            self.tentative, self._speaking = [], False
             return Update(" ".join(self.committed))
         speech_end = spans[-1]["end"]
         paused = len(self.buffer) - speech_end >= self.cfg.pause_ms * SAMPLE_RATE / 1000
         if paused or len(self.buffer) >= self.cfg.max_buffer_s * SAMPLE_RATE:
             new = self._close_utterance(speech_end if paused else len(self.buffer))
             return Update(" ".join(self.committed), " ".join(new), utterance_end=True)
+        self._speaking = True
+        if only_close:
+            return None
         hypothesis = _words(self._decode(self.buffer))
         agreed = agreed_prefix(self.previous, hypothesis)
         new: list[str] = []
@@ -186,6 +203,7 @@ class LiveSession:
         self.committed += new
         self.buffer = self.buffer[end:]
         self.utterance, self.previous, self.tentative = [], [], []
+        self._speaking = False
         return new
 
     def _decode(self, audio: np.ndarray) -> str:
@@ -194,6 +212,24 @@ class LiveSession:
         self.decode_s += time.perf_counter() - started
         self.decodes += 1
         return text
+
+    def _tail_is_quiet(self) -> bool:
+        """Whether the last `pause_ms` (and a window more) of the buffer hold no speech: Silero on
+        that tail alone, under 1 ms, so it can run at every piece."""
+        from faster_whisper.vad import get_vad_model
+
+        window = 512  # Silero's frame at 16 kHz
+        n = (int(self.cfg.pause_ms * SAMPLE_RATE / 1000) // window + 2) * window
+        if len(self.buffer) < n:
+            return False
+        probabilities = get_vad_model()(self.buffer[-n:])
+        return float(np.max(probabilities)) < self.cfg.vad_threshold - 0.15  # Silero's own end-of-speech threshold
+
+    def _speech_started(self) -> bool:
+        """Whether `first_decode_s` of speech has arrived since the buffer's speech began (the buffer
+        is short here: at most half a second of silence and what came since)."""
+        spans = self._speech_spans()
+        return bool(spans) and len(self.buffer) - spans[0]["start"] >= self.cfg.first_decode_s * SAMPLE_RATE
 
     def _speech_spans(self) -> list[dict]:
         from faster_whisper.vad import VadOptions, get_speech_timestamps
