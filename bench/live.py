@@ -1,20 +1,24 @@
 """Live transcription on this machine: latency, commit lag, real-time factor, and sessions at once.
 
-A long recording (60 s or more of the synthetic test sentences, stitched with pauses, so every
-sentence's start and end is known) is fed to live sessions in 100 ms pieces at real-time pace, as a
-microphone would send it, on the app's backend (CTranslate2 int8). Measured:
+Long recordings (60 s or more of the synthetic test and dev sentences, stitched with pauses, so
+every sentence's start and end is known) are fed to live sessions in 100 ms pieces at real-time
+pace, as a microphone would send them, on the app's backend (CTranslate2 int8). One session runs
+on each recording in turn (`--recordings`, figures pooled over all of them: this model's words are
+noisy, one minute is not enough); then two sessions at once on the first two. Measured:
 
-* first tentative word: from the first sentence's start to the first update that shows any text;
+* first tentative word: from the first sentence's start to the first update that shows any text
+  (the median over the recordings);
 * commit lag: for each reference word the live transcript got right (aligned by difflib), from its
   end in the audio to the moment it is committed. Word ends are the sentence's span shared out by
   characters (synthetic speech is evenly paced; the sentence's own end is exact);
 * real-time factor: decode time over audio time, per session; CPU seconds per audio second;
 * the same with two sessions at once on the 2 cores (each its own recording), and whether they keep
   up (their backlog at the end of the audio);
-* live WER against the offline transcript of the same recording.
+* live WER against the offline transcript of the same recordings.
 
 Results: bench/out/live.json; docs/benchmarks.md has the recorded run with the machine named.
-Usage: python bench/live.py [--model packaged:whisper-base] [--model runs/cpu-demo/ct2] [--seconds 60]
+Usage: python bench/live.py [--model packaged:whisper-base] [--model runs/cpu-demo/ct2] [--seconds 60] [--recordings 4]
+       [--no-early-close] [--first-decode-s 0.5]
 """
 
 from __future__ import annotations
@@ -99,48 +103,73 @@ def lags(recording: Recording, commits: list[tuple[float, int]], text: str) -> t
     return out, len(out) / max(len(reference), 1)
 
 
-def measure(spec: str, recordings: list[Recording], sessions: int, cfg: LiveConfig) -> dict:
-    backend = pick_backend(spec)
-    warm_up(backend)  # as the app does: the first decode and Silero's first call are not a session's
-    results = [{} for _ in range(sessions)]
+def run_sessions(backend, recordings: list[Recording], cfg: LiveConfig) -> tuple[list[dict], float]:
+    """One session per recording, all at once; their results and the CPU seconds they took."""
+    results = [{} for _ in recordings]
     cpu0 = resource.getrusage(resource.RUSAGE_SELF)
-    threads = [threading.Thread(target=run_session, args=(backend, recordings[i], cfg, results[i])) for i in range(sessions)]
+    threads = [threading.Thread(target=run_session, args=(backend, rec, cfg, res)) for rec, res in zip(recordings, results)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     cpu1 = resource.getrusage(resource.RUSAGE_SELF)
-    cpu = (cpu1.ru_utime + cpu1.ru_stime) - (cpu0.ru_utime + cpu0.ru_stime)
-    rows = []
+    return results, (cpu1.ru_utime + cpu1.ru_stime) - (cpu0.ru_utime + cpu0.ru_stime)
+
+
+def summary(backend, recordings: list[Recording], results: list[dict], offline: bool) -> dict:
+    """Pooled figures of sessions on `recordings`: lag percentiles over all matched words, the median
+    first text, WER over all the audio, RTF and backlog at their worst."""
+    all_lags, matched, firsts = [], [], []
     for rec, res in zip(recordings, results):
-        lag, matched = lags(rec, res["commits"], res["text"])
-        onset = rec.segments[0].start
-        offline = backend.transcribe(rec.audio) if sessions == 1 else None
-        row = {
-            "recording_s": round(rec.seconds, 1),
-            "first_text_s": None if res["first_text"] is None else round(res["first_text"] - onset, 2),
-            "commit_lag_p50_s": round(float(np.percentile(lag, 50)), 2) if lag else None,
-            "commit_lag_p95_s": round(float(np.percentile(lag, 95)), 2) if lag else None,
-            "lag_words_matched": round(matched, 3),
-            "rtf": round(res["session"].decode_s / rec.seconds, 3),
-            "decodes": res["session"].decodes,
-            "backlog_s": round(res["backlog_s"], 2),
-            "wer_live": round(wer_report([rec.text], [res["text"]])["wer"], 4),
-        }
-        if offline is not None:
-            row["wer_offline"] = round(wer_report([rec.text], [offline])["wer"], 4)
-            row["same_words_as_offline"] = normalize_text(offline) == normalize_text(res["text"])
-        rows.append(row)
-    return {"model": spec, "sessions": sessions, "cpu_s_per_audio_s": round(cpu / sum(r.seconds for r in recordings[:sessions]), 3),
-            "per_session": rows}
+        lag, share = lags(rec, res["commits"], res["text"])
+        all_lags += lag
+        matched.append(share)
+        if res["first_text"] is not None:
+            firsts.append(res["first_text"] - rec.segments[0].start)
+    refs, hyps = [r.text for r in recordings], [res["text"] for res in results]
+    row = {
+        "recordings": len(recordings),
+        "audio_s": round(sum(r.seconds for r in recordings), 1),
+        "first_text_s": round(float(np.median(firsts)), 2) if firsts else None,
+        "commit_lag_p50_s": round(float(np.percentile(all_lags, 50)), 2) if all_lags else None,
+        "commit_lag_p95_s": round(float(np.percentile(all_lags, 95)), 2) if all_lags else None,
+        "lag_words_matched": round(float(np.mean(matched)), 3),
+        "rtf_max": round(max(res["session"].decode_s / rec.seconds for rec, res in zip(recordings, results)), 3),
+        "decodes": sum(res["session"].decodes for res in results),
+        "backlog_s_max": round(max(res["backlog_s"] for res in results), 2),
+        "wer_live": round(wer_report(refs, hyps)["wer"], 4),
+    }
+    if offline:
+        row["wer_offline"] = round(wer_report(refs, [backend.transcribe(r.audio) for r in recordings])["wer"], 4)
+    return row
+
+
+def measure(spec: str, recordings: list[Recording], cfg: LiveConfig) -> list[dict]:
+    """One session on each recording in turn, then two at once on the first two."""
+    backend = pick_backend(spec)
+    warm_up(backend)  # as the app does: the first decode and Silero's first call are not a session's
+    one, cpu = [], 0.0
+    for rec in recordings:
+        results, seconds = run_sessions(backend, [rec], cfg)
+        one += results
+        cpu += seconds
+    rows = [{"model": spec, "sessions": 1, "cpu_s_per_audio_s": round(cpu / sum(r.seconds for r in recordings), 3),
+             **summary(backend, recordings, one, offline=True)}]
+    two, cpu = run_sessions(backend, recordings[:2], cfg)
+    for rec, res in zip(recordings[:2], two):
+        rows.append({"model": spec, "sessions": 2, "cpu_s_per_audio_s": round(cpu / sum(r.seconds for r in recordings[:2]), 3),
+                     **summary(backend, [rec], [res], offline=False)})
+    return rows
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", action="append", help="model spec(s) (default: packaged:whisper-base, and runs/cpu-demo/ct2 if it exists)")
-    p.add_argument("--corpus", default="bench/out/live-corpus", help="synthetic corpus the recordings come from (made if missing)")
+    p.add_argument("--corpus", default="bench/out/live-corpus-600", help="synthetic corpus the recordings come from (made if missing)")
     p.add_argument("--seconds", type=float, default=60.0, help="each recording at least this long")
-    p.add_argument("--sessions", type=int, action="append", help="sessions at once (default: 1 and 2)")
+    p.add_argument("--recordings", type=int, default=4, help="recordings of --seconds each; one session on each in turn")
+    p.add_argument("--clips", type=int, default=600, help="clips of the synthetic corpus, when it is made")
+    p.add_argument("--no-early-close", action="store_true", help="LiveConfig.early_close off: close at the next decode step")
     p.add_argument("--step-s", type=float, default=LiveConfig.step_s, help="LiveConfig.step_s")
     p.add_argument("--pause-ms", type=int, default=LiveConfig.pause_ms, help="LiveConfig.pause_ms")
     p.add_argument("--first-decode-s", type=float, default=LiveConfig.first_decode_s, help="LiveConfig.first_decode_s")
@@ -148,25 +177,24 @@ def main() -> None:
     models = args.model or ["packaged:whisper-base"] + (["runs/cpu-demo/ct2"] if Path("runs/cpu-demo/ct2/model.bin").is_file() else [])
     corpus = Path(args.corpus)
     if not (corpus / ".completed").is_file():
-        synthesize(corpus, SynthConfig(clips=300, seed=0), workers=2)
+        synthesize(corpus, SynthConfig(clips=args.clips, seed=0), workers=2)
     clips = [(c.id, c.audio, c.sentence, c.speaker) for c in iter_clips(f"cv:{corpus}", "test")]
     clips += [(c.id, c.audio, c.sentence, c.speaker) for c in iter_clips(f"cv:{corpus}", "dev")]
-    recordings = long_recordings(clips, count=2, min_seconds=args.seconds)
-    if len(recordings) < 2:
-        raise SystemExit(f"{corpus}: not enough test and dev speech for two {args.seconds:g} s recordings")
-    cfg = LiveConfig(step_s=args.step_s, pause_ms=args.pause_ms, first_decode_s=args.first_decode_s)
-    results = []
+    recordings = long_recordings(clips, count=args.recordings, min_seconds=args.seconds)
+    if len(recordings) < max(args.recordings, 2):
+        raise SystemExit(f"{corpus}: not enough test and dev speech for {args.recordings} recordings of {args.seconds:g} s: "
+                         "pass --clips with more, and a new --corpus")
+    cfg = LiveConfig(step_s=args.step_s, pause_ms=args.pause_ms, first_decode_s=args.first_decode_s, early_close=not args.no_early_close)
+    rows = []
     for spec in models:
-        for sessions in args.sessions or (1, 2):
-            result = measure(spec, recordings, sessions, cfg)
-            results.append(result)
-            for row in result["per_session"]:
-                print(f"{spec} x{sessions}: first text {row['first_text_s']} s, commit lag p50 {row['commit_lag_p50_s']} s "
-                      f"p95 {row['commit_lag_p95_s']} s ({row['lag_words_matched']:.0%} of words matched), RTF {row['rtf']}, backlog {row['backlog_s']} s, "
-                      f"WER live {row['wer_live']}" + (f" offline {row['wer_offline']}" if "wer_offline" in row else ""), flush=True)
-            print(f"  CPU s per audio s: {result['cpu_s_per_audio_s']}", flush=True)
+        for row in measure(spec, recordings, cfg):
+            rows.append(row)
+            print(f"{spec} x{row['sessions']} on {row['recordings']} recording(s), {row['audio_s']} s: first text {row['first_text_s']} s, "
+                  f"commit lag p50 {row['commit_lag_p50_s']} s p95 {row['commit_lag_p95_s']} s ({row['lag_words_matched']:.0%} of words matched), "
+                  f"RTF {row['rtf_max']}, backlog {row['backlog_s_max']} s, CPU s per audio s {row['cpu_s_per_audio_s']}, "
+                  f"WER live {row['wer_live']}" + (f" offline {row['wer_offline']}" if "wer_offline" in row else ""), flush=True)
     OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "live.json").write_text(json.dumps({"config": vars(cfg), "results": results}, indent=2))
+    (OUT / "live.json").write_text(json.dumps({"config": vars(cfg), "results": rows}, indent=2))
     print(f"wrote {OUT / 'live.json'}")
 
 

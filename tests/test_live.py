@@ -81,12 +81,14 @@ def test_two_agreeing_decodes_commit_and_the_rest_stays_tentative(speech_is_spee
     backend = Scripted("Det här", "Det här är", "Det här är en", "Det här är en mening")
     session = LiveSession(backend, LiveConfig(step_s=1.0))
     updates = feed(session, tone(4.2))
-    assert [u.new for u in updates] == ["", "Det här", "är", "en"]
+    # The first decode (half a second of speech) is shown, not agreed with; the next two agree.
+    assert [u.new for u in updates] == ["", "", "Det här är", "en"]
+    assert updates[0].tentative == "Det här"
     assert updates[-1].committed == "Det här är en" and updates[-1].tentative == "mening"
 
 
 def test_committed_text_is_never_rewritten_even_when_a_decode_changes_it(speech_is_speech):
-    backend = Scripted("Hej på", "Hej på dig", "Nej, på dig nu", "Nej, på dig nu igen")
+    backend = Scripted("Hej", "Hej på", "Hej på dig", "Nej, på dig nu", "Nej, på dig nu igen")
     session = LiveSession(backend, LiveConfig(step_s=1.0))
     texts = [u.committed for u in feed(session, tone(4.2))]
     assert all(later.startswith(earlier) for earlier, later in zip(texts, texts[1:]))

@@ -46,6 +46,7 @@ class LiveConfig:
 
     step_s: float = option(1.0, "decode the utterance in progress every this many seconds of new audio")
     first_decode_s: float = option(0.5, "an utterance's first decode runs once this much of its speech has arrived, s")
+    early_close: bool = option(True, "close an utterance as soon as a pause is heard, not at the next decode step")
     pause_ms: int = option(300, "non-speech at the end of the buffer that closes an utterance (committed whole), ms")
     max_buffer_s: float = option(15.0, "an utterance without a pause is committed whole at this length, s")
     max_session_s: float = option(600.0, "a session ends after this much audio, s")
@@ -149,9 +150,9 @@ class LiveSession:
         # Between steps, at every piece: a pause closes the utterance now, not at the next step, and
         # the first words of an utterance show once `first_decode_s` of it has arrived.
         if self._speaking:
-            update = self._step(only_close=True) if self._tail_is_quiet() else None
+            update = self._step(only_close=True) if self.cfg.early_close and self._tail_is_quiet() else None
         else:
-            update = self._step() if self._speech_started() else None
+            update = self._step(first=True) if self._speech_started() else None
         if update is not None:
             self._since_decode = 0
         return update
@@ -167,9 +168,11 @@ class LiveSession:
 
     # -- one step ---------------------------------------------------------------------------------
 
-    def _step(self, only_close: bool = False) -> Update | None:
+    def _step(self, only_close: bool = False, first: bool = False) -> Update | None:
         """Look at the buffer: close the utterance at a pause (or at `max_buffer_s`), else decode it
-        and commit what two decodes agree on; with `only_close`, return None instead of decoding."""
+        and commit what two decodes agree on; with `only_close`, return None instead of decoding.
+        A `first` decode (half a second of speech) is shown but not agreed with: its words are
+        mostly guesses, and a guess the next decode happens to repeat would be committed."""
         spans = self._speech_spans()
         if not spans:  # no speech yet: keep only a little of the silence (a word may be starting)
             self.buffer = self.buffer[-int(0.5 * SAMPLE_RATE) :]
@@ -190,7 +193,7 @@ class LiveSession:
             new = hypothesis[len(self.utterance) : agreed]
             self.utterance += new
             self.committed += new
-        self.previous = hypothesis
+        self.previous = [] if first else hypothesis
         self.tentative = continuation(self.utterance, hypothesis)
         return Update(" ".join(self.committed), " ".join(new), " ".join(self.tentative))
 
