@@ -13,6 +13,12 @@ audio. What it shows:
   the commit lag is bounded by the pause rule even where two decodes never agree, and the decoder
   never sees more than one utterance. A buffer that reaches `max_buffer_s` without a pause is
   committed whole the same way.
+* **between steps**, at every piece of audio: an utterance's first decode runs once
+  `first_decode_s` of its speech has arrived (shown, not agreed with: half a second of speech is
+  mostly guessed), and with `early_close` a pause closes the utterance as soon as it is heard (a
+  Silero check of the buffer's last `pause_ms` only, under a millisecond) rather than at the next
+  step. Both cut latency; the early close also splits a sentence at a pause inside it, which costs
+  the decoder context (docs/benchmarks.md has both sides).
 
 Why this policy: LocalAgreement is what whisper_streaming measured at about 3.3 s latency on
 unsegmented speech, and it needs nothing from the model but its text (our decode loop has no
