@@ -263,49 +263,59 @@ class FasterWhisperBackend:
         """The speech in `audio` as chunks of at most 30 s (`speech_chunks`); [] for silence."""
         return speech_chunks(audio, self.options)
 
-    def decode(self, chunks: Sequence[np.ndarray]) -> list[str]:
-        """One text per chunk (each <= 30 s); "" where Whisper says the chunk holds no speech."""
+    def decode(self, chunks: Sequence[np.ndarray], prefix: str = "") -> list[str]:
+        """One text per chunk (each <= 30 s); "" where Whisper says the chunk holds no speech.
+
+        `prefix`: what the start of every chunk says, forced as the decoder's first words (openai/
+        whisper's ``prefix``); the texts returned are what follows it. Live transcription passes
+        the words already committed for the audio before the utterance in progress."""
         mels = [log_mel(chunk, self.ct2.n_mels) for chunk in chunks]
         longest = max(n_frames for _, n_frames, _ in mels)
         frames = window_frames(longest, self.options.min_window_s)
         features = np.stack([pad_features(*mel)[:, :frames] for mel in mels])
-        max_length = ct2_max_length(token_budget(longest), len(self.prompt))
+        forced = self.tokenizer.encode(" " + prefix.strip()) if prefix.strip() else []
+        prompt = self.prompt + forced
+        max_length = ct2_max_length(token_budget(longest), len(prompt))
         temperatures = self.options.temperatures
         texts = []
-        for i, decoded in enumerate(self._generate(features, temperatures[0], max_length)):
+        for i, decoded in enumerate(self._generate(features, temperatures[0], max_length, prompt, len(forced))):
             if len(temperatures) > 1 and self._needs_fallback(*decoded):
-                decoded = self._fallback(features[i : i + 1], decoded, max_length)
+                decoded = self._fallback(features[i : i + 1], decoded, max_length, prompt, len(forced))
             text, avg_logprob, no_speech_prob = decoded
             silent = self._is_silence(avg_logprob, no_speech_prob)
             texts.append("" if silent else cut_repetitions(text, self.options.max_compression_ratio))
         return texts
 
-    def _fallback(self, features: np.ndarray, first: tuple[str, float, float], max_length: int) -> tuple[str, float, float]:
+    def _fallback(self, features: np.ndarray, first: tuple[str, float, float], max_length: int,
+                  prompt: list[int], forced: int) -> tuple[str, float, float]:
         """Re-decode one chunk at each higher temperature until a decode passes (openai/whisper's
         rule); when none does, the likeliest decode that is not a repetition loop."""
         tries = [first]
         for temperature in self.options.temperatures[1:]:
-            decoded = self._generate(features, temperature, max_length)[0]
+            decoded = self._generate(features, temperature, max_length, prompt, forced)[0]
             if not self._needs_fallback(*decoded):
                 return decoded
             tries.append(decoded)
         fine = [t for t in tries if compression_ratio(t[0]) <= self.options.max_compression_ratio]
         return max(fine or tries, key=lambda t: t[1])
 
-    def _generate(self, features: np.ndarray, temperature: float, max_length: int) -> list[tuple[str, float, float]]:
-        """(text, mean log-probability per token, no-speech probability) for each row of `features`."""
+    def _generate(self, features: np.ndarray, temperature: float, max_length: int, prompt: list[int],
+                  forced: int = 0) -> list[tuple[str, float, float]]:
+        """(text, mean log-probability per token, no-speech probability) for each row of `features`,
+        decoded after `prompt`; the result's first `forced` tokens (a forced prefix, which
+        CTranslate2 returns with what it generated) are left out of the text."""
         import ctranslate2
 
         encoded = self.ct2.encode(ctranslate2.StorageView.from_array(np.ascontiguousarray(features)))
         sampling = (dict(beam_size=1, sampling_topk=0, sampling_temperature=temperature) if temperature > 0
                     else dict(beam_size=self.options.beam_size))
         results = self.decoder.generate(
-            encoded, [self.prompt] * len(features), max_length=max_length, return_scores=True,
+            encoded, [prompt] * len(features), max_length=max_length, return_scores=True,
             return_no_speech_prob=True, suppress_blank=True, suppress_tokens=[-1], **sampling,
         )
         out = []
         for result in results:
-            tokens = result.sequences_ids[0]
+            tokens = result.sequences_ids[0][forced:]
             # CTranslate2 returns the cumulative log-probability divided by the length (length
             # penalty 1); openai/whisper averages over the tokens plus the end token.
             avg_logprob = result.scores[0] * len(tokens) / (len(tokens) + 1)

@@ -44,6 +44,7 @@ import numpy as np
 from ..audio.io import SAMPLE_RATE
 from ..common.metrics import normalize_text
 from ..common.options import option
+from ..models.decoding import compression_ratio
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,12 @@ class LiveConfig:
     step_s: float = option(1.0, "decode the utterance in progress every this many seconds of new audio")
     first_decode_s: float = option(0.5, "an utterance's first decode runs once this much of its speech has arrived, s")
     early_close: bool = option(True, "close an utterance as soon as a pause is heard, not at the next decode step")
+    context_s: float = option(10.0, (
+        "an utterance's closing decode hears up to this much audio: the utterance and, in front of "
+        "it, the closed utterances that fit, their committed words forced as the decoder's first "
+        "words (offline decoding hears what came before in its 30 s chunk; an utterance decoded "
+        "alone loses that). 0: each utterance alone"
+    ))
     pause_ms: int = option(300, "non-speech at the end of the buffer that closes an utterance (committed whole), ms")
     max_buffer_s: float = option(15.0, "an utterance without a pause is committed whole at this length, s")
     max_session_s: float = option(600.0, "a session ends after this much audio, s")
@@ -64,6 +71,8 @@ class LiveConfig:
             raise ValueError(f"step_s={self.step_s}: use 0.2 to 5 s")
         if not 0.1 <= self.first_decode_s <= self.step_s:
             raise ValueError(f"first_decode_s={self.first_decode_s}: use 0.1 s up to step_s")
+        if not 0 <= self.context_s <= 28:
+            raise ValueError(f"context_s={self.context_s}: use 0 to 28 s (one Whisper window, with room)")
         if not 100 <= self.pause_ms <= 3000:
             raise ValueError(f"pause_ms={self.pause_ms}: use 100 to 3000 ms")
         if not 2 <= self.max_buffer_s <= 28:
@@ -129,6 +138,7 @@ class LiveSession:
         self.utterance: list[str] = []  # the committed words of the utterance in progress
         self.previous: list[str] = []  # the last decode of the buffer, for LocalAgreement
         self.tentative: list[str] = []
+        self.context: list[tuple[np.ndarray, list[str]]] = []  # closed utterances the decoder still hears: (audio, words)
         self.received_s = 0.0  # audio fed so far
         self.decode_s = 0.0  # time spent decoding (for the real-time factor)
         self.decodes = 0
@@ -207,17 +217,52 @@ class LiveSession:
         """Decode the buffer up to `end` once more, commit what it says beyond the committed words,
         and start the next utterance after it."""
         pad = int(0.2 * SAMPLE_RATE)  # the VAD's own padding: word edges are not clipped
-        hypothesis = _words(self._decode(self.buffer[: min(len(self.buffer), end + pad)]))
+        hypothesis = _words(self._decode(self.buffer[: min(len(self.buffer), end + pad)], context=True))
         new = continuation(self.utterance, hypothesis)
         self.committed += new
+        self._remember(self.buffer[:end], self.utterance + new)
         self.buffer = self.buffer[end:]
         self.utterance, self.previous, self.tentative = [], [], []
         self._speaking = False
         return new
 
-    def _decode(self, audio: np.ndarray) -> str:
+    def _remember(self, audio: np.ndarray, words: list[str]) -> None:
+        """Keep a closed utterance as context, and as many of the latest ones as fit `context_s`
+        (whole utterances: their words must match their audio)."""
+        if not self.cfg.context_s:
+            return
+        self.context.append((audio, words))
+        while self.context and sum(len(a) for a, _ in self.context) > self.cfg.context_s * SAMPLE_RATE:
+            self.context.pop(0)
+
+    def _context_for(self, audio: np.ndarray) -> list[tuple[np.ndarray, list[str]]]:
+        """The latest closed utterances that fit in front of `audio` within `context_s`."""
+        room, kept = self.cfg.context_s * SAMPLE_RATE - len(audio), []
+        for piece in reversed(self.context):
+            room -= len(piece[0])
+            if room < 0:
+                break
+            kept.insert(0, piece)
+        return kept
+
+    def _decode(self, audio: np.ndarray, context: bool = False) -> str:
+        """The text of `audio` (the utterance in progress). With `context` (an utterance's closing
+        decode), decoded after the closed utterances that fit `context_s`: their audio in front of
+        it and their committed words forced as the decoder's prefix, so what comes back is what
+        follows them. A context can start a loop (Whisper's known failure when it is conditioned on
+        earlier text): a decode that repeats three words in a row of the context, compresses like
+        a loop with it, or says more than the utterance's length could hold is dropped, with the
+        context, and the utterance decoded alone."""
         started = time.perf_counter()
-        text = self.backend.decode([audio])[0] if len(audio) else ""
+        kept = self._context_for(audio) if context and len(audio) and _takes_prefix(self.backend) else []
+        words = [w for _, ws in kept for w in ws]
+        text = ""
+        if words:
+            text = self.backend.decode([np.concatenate([a for a, _ in kept] + [audio])], prefix=" ".join(words))[0]
+            if _looks_like_a_loop(words, _words(text), len(audio) / SAMPLE_RATE):
+                self.context, words = [], []
+        if not words:
+            text = self.backend.decode([audio])[0] if len(audio) else ""
         self.decode_s += time.perf_counter() - started
         self.decodes += 1
         return text
@@ -247,6 +292,33 @@ class LiveSession:
             return []
         vad = VadOptions(threshold=self.cfg.vad_threshold, min_silence_duration_ms=self.cfg.pause_ms, speech_pad_ms=0)
         return get_speech_timestamps(self.buffer, vad, sampling_rate=SAMPLE_RATE)
+
+
+MAX_CHARS_PER_S = 30  # fast read speech is ~15 characters a second; twice that is not speech
+
+
+def _looks_like_a_loop(context: list[str], new: list[str], seconds: float, n: int = 3) -> bool:
+    """Whether `new`, decoded after `context` for `seconds` of audio, is a loop the context
+    started: `n` words in a row that the context also says (compared normalised), a compression
+    ratio of the two together above the backend's loop threshold (2.4), or more characters than
+    `seconds` of speech holds."""
+    said = [normalize_text(w) for w in context]
+    grams = {tuple(said[i : i + n]) for i in range(len(said) - n + 1)}
+    heard = [normalize_text(w) for w in new]
+    if any(tuple(heard[i : i + n]) in grams for i in range(len(heard) - n + 1)):
+        return True
+    text = " ".join(new)
+    return compression_ratio(" ".join(context + new)) > 2.4 or len(text) > MAX_CHARS_PER_S * seconds + 20
+
+
+def _takes_prefix(backend) -> bool:
+    """Whether `backend.decode` takes a forced `prefix` (the CTranslate2 backend does)."""
+    import inspect
+
+    try:
+        return "prefix" in inspect.signature(backend.decode).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 @dataclass
@@ -296,6 +368,8 @@ class SessionsFull(Exception):
 
 MAX_FRAME_BYTES = 256 << 10  # one binary message: 2.7 s of 48 kHz int16, far more than a client sends at once
 RATES = (8000, 16000, 22050, 24000, 32000, 44100, 48000, 88200, 96000)  # sample rates a client may send (a browser's AudioContext uses its device's)
+PIECE_S = 0.1  # audio that arrived at once is fed to the session in pieces this long, as a live client sends it,
+#   so what the session does (first words, a pause heard) does not depend on how a client batches its frames
 IDLE_S = 15.0  # a session that receives nothing for this long is finished and closed
 
 
@@ -353,16 +427,23 @@ def live_endpoint(sessions: LiveSessions, backend):
                 wake.set()
 
         reader = asyncio.create_task(read())
-        step = int(sessions.cfg.step_s * SAMPLE_RATE)
+        step = int(PIECE_S * SAMPLE_RATE)
         try:
             while True:
                 await wake.wait()
                 wake.clear()
                 while pending and not state["gone"] and not session.final:
-                    audio = np.concatenate(pending)  # what arrived so far, joined once and walked a step at a time
+                    audio = np.concatenate(pending)  # what arrived so far, joined once and walked a piece at a time
                     pending.clear()
-                    for start in range(0, len(audio), step):
-                        update = await loop.run_in_executor(sessions.executor, session.feed, audio[start : start + step])
+                    # Whole pieces only, on one grid from the stream's start; the rest waits for more
+                    # audio (or the end), so how a client batches its frames changes nothing.
+                    whole = len(audio) if state["done"] else len(audio) // step * step
+                    if whole < len(audio):
+                        pending.append(audio[whole:])
+                    if not whole:
+                        break
+                    for start in range(0, whole, step):
+                        update = await loop.run_in_executor(sessions.executor, session.feed, audio[start : min(start + step, whole)])
                         if state["gone"]:
                             break
                         if update is not None:
