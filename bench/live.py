@@ -172,6 +172,7 @@ def main() -> None:
     p.add_argument("--no-early-close", action="store_true", help="LiveConfig.early_close off: close at the next decode step")
     p.add_argument("--step-s", type=float, default=LiveConfig.step_s, help="LiveConfig.step_s")
     p.add_argument("--pause-ms", type=int, default=LiveConfig.pause_ms, help="LiveConfig.pause_ms")
+    p.add_argument("--context-s", type=float, default=LiveConfig.context_s, help="LiveConfig.context_s (0: each utterance decoded alone)")
     p.add_argument("--first-decode-s", type=float, default=LiveConfig.first_decode_s, help="LiveConfig.first_decode_s")
     args = p.parse_args()
     models = args.model or ["packaged:whisper-base"] + (["runs/cpu-demo/ct2"] if Path("runs/cpu-demo/ct2/model.bin").is_file() else [])
@@ -184,7 +185,8 @@ def main() -> None:
     if len(recordings) < max(args.recordings, 2):
         raise SystemExit(f"{corpus}: not enough test and dev speech for {args.recordings} recordings of {args.seconds:g} s: "
                          "pass --clips with more, and a new --corpus")
-    cfg = LiveConfig(step_s=args.step_s, pause_ms=args.pause_ms, first_decode_s=args.first_decode_s, early_close=not args.no_early_close)
+    cfg = LiveConfig(step_s=args.step_s, pause_ms=args.pause_ms, first_decode_s=args.first_decode_s, early_close=not args.no_early_close,
+                     context_s=args.context_s)
     rows = []
     for spec in models:
         for row in measure(spec, recordings, cfg):
