@@ -10,9 +10,15 @@ audio. What it shows:
 * **tentative** text: what the latest decode says beyond the committed words. It may change.
 * **at a pause** (the buffer ends in `pause_ms` or more without speech, by Silero VAD), the
   utterance is decoded once more and committed whole, and the buffer starts again after it. So
-  the commit lag is bounded by the pause rule even where two decodes never agree, and the decoder
-  never sees more than one utterance. A buffer that reaches `max_buffer_s` without a pause is
-  committed whole the same way.
+  the commit lag is bounded by the pause rule even where two decodes never agree. A buffer that
+  reaches `max_buffer_s` without a pause is committed whole the same way.
+* **the closing decode hears what came before**: the closed utterances that fit `context_s`, their
+  audio in front of the utterance's and their committed words forced as the decoder's prefix
+  (CTranslate2 backend). Decoded alone, each utterance loses the context an offline decode of a
+  30 s chunk has; that cost 9 % relative WER against offline on the bench's recordings. Only the
+  closing decode: forced words cost the decoder a step each, and context in every step decode
+  was both slower and worse (docs/benchmarks.md). A decode that loops on the context (Whisper's
+  known failure when conditioned on earlier text) is dropped with it.
 * **between steps**, at every piece of audio: an utterance's first decode runs once
   `first_decode_s` of its speech has arrived (shown, not agreed with: half a second of speech is
   mostly guessed), and with `early_close` a pause closes the utterance as soon as it is heard (a
