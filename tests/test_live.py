@@ -311,6 +311,20 @@ def test_the_api_streams_updates_and_ends_with_the_whole_transcript(live_app, sp
     assert any(m["tentative"] for m in messages[:-1])
 
 
+def test_what_the_api_does_does_not_depend_on_how_the_client_batches_its_audio(live_app, speech_is_speech):
+    """The same audio sent in 100 ms pieces and in 1.3 s pieces gets the same decodes and updates:
+    the server feeds its session 100 ms at a time on one grid, whatever arrived at once."""
+    audio = np.concatenate([tone(2.2), quiet(0.8), tone(1.7), quiet(1.0)])
+    runs = []
+    for piece_s in (0.1, 1.3):
+        backend = Scripted("Ett", "Ett två", "Ett två tre", "Fyra", "Fyra fem", "Fyra fem sex", "sju")
+        url, _ = live_app(backend)
+        runs.append((stream(url, audio, piece_s=piece_s), backend.calls))
+    (messages, calls), (batched, batched_calls) = runs
+    assert calls == batched_calls and messages == batched
+    assert messages[-1]["final"] and len(calls) >= 5
+
+
 def test_one_session_over_the_cap_is_told_to_try_again(live_app):
     import json
 
