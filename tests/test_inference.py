@@ -165,7 +165,7 @@ def test_fw_temperature_fallback(fw, spy, clip):
     audio = load_audio(clip)
     tries = {0.0: ("ja " * 16, -0.1, 0.01), 0.5: ("Jag ska inte ringa dig.", -0.6, 0.01), 1.0: (SENTENCE, -0.4, 0.01)}
     asked = []
-    picky._generate = lambda features, t, n: asked.append(t) or [tries[t]] * len(features)
+    picky._generate = lambda features, t, n, *prompt: asked.append(t) or [tries[t]] * len(features)
     assert picky.decode([audio]) == [SENTENCE] and asked == [0.0, 0.5, 1.0]
     tries[1.0] = ("Jag ska ringa.", -0.9, 0.01)
     assert picky.decode([audio]) == ["Jag ska inte ringa dig."]
@@ -309,7 +309,7 @@ def test_every_chunk_gets_the_loop_check_with_the_default_single_temperature(fw,
     default (one temperature) never enters: a looping decode was served as is."""
     assert fw.options.temperatures == (0.0,)
     loop = "jag är inte så inget att " * 50
-    monkeypatch.setattr(fw, "_generate", lambda features, t, n: [(loop.strip(), -0.3, 0.01)] * len(features))
+    monkeypatch.setattr(fw, "_generate", lambda features, t, n, *prompt: [(loop.strip(), -0.3, 0.01)] * len(features))
     assert fw.transcribe(load_audio(clip)) == "jag är inte så inget att"
 
 
