@@ -218,9 +218,14 @@ def minute_recordings(sv_corpus) -> list:
     return long_recordings(clips, count=2, min_seconds=60)
 
 
+def int16(audio: np.ndarray) -> np.ndarray:
+    """`audio` as the 16-bit little-endian PCM the API's client sends."""
+    return (np.clip(audio, -1, 1) * 32767).astype("<i2")
+
+
 def pcm16(audio: np.ndarray) -> np.ndarray:
-    """`audio` as a 16-bit file or the API's client carries it."""
-    return (np.clip(audio, -1, 1) * 32767).astype("<i2").astype(np.float32) / 32768.0
+    """`audio` as a 16-bit file or the API's client carries it, back in float samples."""
+    return int16(audio).astype(np.float32) / 32768.0
 
 
 @pytest.mark.slow
@@ -276,7 +281,7 @@ def stream(url: str, audio: np.ndarray, rate: int = SAMPLE_RATE, piece_s: float 
 
     from websockets.sync.client import connect
 
-    pcm = (np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes()
+    pcm = int16(audio).tobytes()
     step = int(piece_s * rate) * 2
     messages = []
     with connect(url, open_timeout=30, close_timeout=5) as ws:

@@ -53,7 +53,7 @@ from ..common.errors import UserError
 from ..common.fileio import write_atomic, write_json
 from ..common.metrics import normalize_text, wer_report
 from ..common.options import add_options, build, option, options_from
-from ..models.decoding import compression_ratio, cut_repetitions
+from ..models.decoding import MAX_COMPRESSION_RATIO, compression_ratio, cut_repetitions
 from ..models.specs import DEFAULT_LANGUAGE, PACKAGED_BASE, whisper_language
 
 TIMESTAMP_TOLERANCE_S = 0.05  # a segment may end this far past the audio (timestamps are 20 ms steps)
@@ -151,7 +151,7 @@ def has_loop(text: str) -> bool:
     threshold), or whose word groups said 3+ times in a row add `LOOP_WORDS` or more repeated words."""
     if not text.strip():
         return False
-    return compression_ratio(text) > 2.4 or len(text.split()) - len(cut_repetitions(text, 0.0).split()) >= LOOP_WORDS
+    return compression_ratio(text) > MAX_COMPRESSION_RATIO or len(text.split()) - len(cut_repetitions(text, 0.0).split()) >= LOOP_WORDS
 
 
 def timestamp_figures(segments: list[tuple[float | None, float | None]], seconds: float, truth: list[float]) -> dict[str, Any]:

@@ -147,13 +147,16 @@ def transcribe_arrays(model, processor, audios: Sequence[np.ndarray], options: D
     return [t or "" for t in texts]
 
 
+MAX_COMPRESSION_RATIO = 2.4  # openai/whisper's compression_ratio_threshold: text that compresses more is a loop
+
+
 def compression_ratio(text: str) -> float:
-    """zlib compression ratio of `text`: over ~2.4 means a repetition loop (openai/whisper)."""
+    """zlib compression ratio of `text`: over `MAX_COMPRESSION_RATIO` means a repetition loop (openai/whisper)."""
     data = text.encode("utf-8")
     return len(data) / len(zlib.compress(data)) if data else 0.0
 
 
-def cut_repetitions(text: str, max_compression_ratio: float = 2.4) -> str:
+def cut_repetitions(text: str, max_compression_ratio: float = MAX_COMPRESSION_RATIO) -> str:
     """`text` with each run of a repeated word group cut to its first occurrence, when `text`
     compresses like a repetition loop (zlib ratio over `max_compression_ratio`); else unchanged.
 

@@ -52,6 +52,7 @@ from ..audio.io import CHUNK_LENGTH, SAMPLE_RATE, AudioError, load_audio
 from ..audio.logmel import log_mel, pad_features
 from ..common.options import add_options, build, option, options_from
 from ..models.decoding import (
+    MAX_COMPRESSION_RATIO,
     DecodeConfig,
     compression_ratio,
     ct2_max_length,
@@ -85,7 +86,7 @@ class InferenceConfig:
         "fallback (0.2 ... 1.0) re-decodes weak audio up to five times, which made a 2 s clip take "
         "1-7 s on 2 cores."
     ))
-    max_compression_ratio: float = option(2.4, "zlib ratio above which a decode is a repetition loop")
+    max_compression_ratio: float = option(MAX_COMPRESSION_RATIO, "zlib ratio above which a decode is a repetition loop")
     min_window_s: float = option(15.0, (
         "CTranslate2 encoder window (seconds): the chunk + 1 s, at least this. 30 = Whisper's own "
         "window; shorter is cheaper on short clips (the encoder is most of the cost on a CPU)."

@@ -50,7 +50,7 @@ import numpy as np
 from ..audio.io import SAMPLE_RATE
 from ..common.metrics import normalize_text
 from ..common.options import option
-from ..models.decoding import compression_ratio
+from ..models.decoding import MAX_COMPRESSION_RATIO, compression_ratio
 
 
 @dataclass(frozen=True)
@@ -145,6 +145,7 @@ class LiveSession:
         self.previous: list[str] = []  # the last decode of the buffer, for LocalAgreement
         self.tentative: list[str] = []
         self.context: list[tuple[np.ndarray, list[str]]] = []  # closed utterances the decoder still hears: (audio, words)
+        self._takes_prefix = _takes_prefix(backend)  # whether closing decodes can hear the context
         self.received_s = 0.0  # audio fed so far
         self.decode_s = 0.0  # time spent decoding (for the real-time factor)
         self.decodes = 0
@@ -260,7 +261,7 @@ class LiveSession:
         a loop with it, or says more than the utterance's length could hold is dropped, with the
         context, and the utterance decoded alone."""
         started = time.perf_counter()
-        kept = self._context_for(audio) if context and len(audio) and _takes_prefix(self.backend) else []
+        kept = self._context_for(audio) if context and len(audio) and self._takes_prefix else []
         words = [w for _, ws in kept for w in ws]
         text = ""
         if words:
@@ -306,7 +307,7 @@ MAX_CHARS_PER_S = 30  # fast read speech is ~15 characters a second; twice that 
 def _looks_like_a_loop(context: list[str], new: list[str], seconds: float, n: int = 3) -> bool:
     """Whether `new`, decoded after `context` for `seconds` of audio, is a loop the context
     started: `n` words in a row that the context also says (compared normalised), a compression
-    ratio of the two together above the backend's loop threshold (2.4), or more characters than
+    ratio of the two together above `MAX_COMPRESSION_RATIO`, or more characters than
     `seconds` of speech holds."""
     said = [normalize_text(w) for w in context]
     grams = {tuple(said[i : i + n]) for i in range(len(said) - n + 1)}
@@ -314,7 +315,7 @@ def _looks_like_a_loop(context: list[str], new: list[str], seconds: float, n: in
     if any(tuple(heard[i : i + n]) in grams for i in range(len(heard) - n + 1)):
         return True
     text = " ".join(new)
-    return compression_ratio(" ".join(context + new)) > 2.4 or len(text) > MAX_CHARS_PER_S * seconds + 20
+    return compression_ratio(" ".join(context + new)) > MAX_COMPRESSION_RATIO or len(text) > MAX_CHARS_PER_S * seconds + 20
 
 
 def _takes_prefix(backend) -> bool:
