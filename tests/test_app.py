@@ -25,7 +25,7 @@ from helpers import SENTENCE, render_test_clip  # noqa: E402
 from whisper_sv.audio.io import SAMPLE_RATE, load_audio  # noqa: E402
 from whisper_sv.common.metrics import normalize_text, wer_report  # noqa: E402
 from whisper_sv.serving.app import AppConfig, build_app, launch  # noqa: E402
-from whisper_sv.serving.continuation import NO_LM, NOTHING_TO_CONTINUE, ContinuationConfig, Continuer  # noqa: E402
+from whisper_sv.serving.continuation import NO_LM, NO_WORDS, NOTHING_TO_CONTINUE, ContinuationConfig, Continuer  # noqa: E402
 from whisper_sv.serving.inference import NO_SPEECH, pick_backend  # noqa: E402
 from whisper_sv.synth.corpus import SENTENCES, read_sentences  # noqa: E402
 
@@ -232,6 +232,20 @@ def test_without_lm_the_page_says_so_and_still_transcribes(transcriber, files):
         assert "ringa dig hela tiden" in normalize_text(transcribe(c, files.clip))
     finally:
         demo.close()
+
+
+def test_a_continuation_cut_inside_a_character_shows_no_broken_bytes(tmp_path):
+    """A byte-level LM stopped by the token limit after the first byte of "å" (or sampling bytes that
+    are no character) decodes U+FFFD: the page gets the whole characters, or a message when none."""
+    import torch
+
+    lm = Continuer(str(build_tiny_lm(tmp_path / "tiny-lm")))
+    assert lm.continue_text("Hej", ContinuationConfig(max_new_tokens=1, temperature=0.0))  # loads it
+    byte = lm._tokenizer.convert_tokens_to_ids  # byte-level tokens: "Ã" is the byte 0xc3, "å" is 0xc3 0xa5
+    for new, expected in (([byte("p"), byte("Ã")], "p"), ([byte("Ã"), byte("Ã")], NO_WORDS)):
+        lm._model.generate = lambda ids, new=new, **_: torch.cat([ids, torch.tensor([new])], dim=1)
+        out = lm.continue_text("Vi ses", ContinuationConfig(max_new_tokens=2))
+        assert out == expected and "\ufffd" not in out
 
 
 def test_lm_that_cannot_load_offline_gives_a_plain_message(tmp_path):

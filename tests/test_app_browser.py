@@ -129,6 +129,7 @@ def test_live_microphone_shows_tentative_then_committed_text(tmp_path, figures_d
                 page.locator("#live-start").wait_for(timeout=60_000)
                 page.locator("#live-continue").check()
                 page.locator("#lm-length input[type=number]").fill("3")  # the page's sliders apply
+                page.locator("#lm-temperature input[type=number]").fill("0")  # greedy: the same words every run
                 page.locator("#live-start").click()
                 # Seen while the clip plays: words not committed yet, in the tentative span.
                 page.wait_for_function("() => document.querySelector('#live-tentative').textContent.trim().length > 0",

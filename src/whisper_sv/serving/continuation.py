@@ -25,6 +25,7 @@ NO_LM = (
     f"{SUGGESTED_LM} or a local folder) to continue transcripts."
 )
 NOTHING_TO_CONTINUE = "Nothing to continue: transcribe some Swedish speech (or type text) first."
+NO_WORDS = "The language model wrote no words here: raise the length or the temperature."
 MAX_NEW_TOKENS = 200  # the slider's top: bounds the work one request can ask for
 MAX_PROMPT_TOKENS = 512  # longer transcripts keep their end, which is what gets continued
 # Refused above this before any tokenising: 600 s of speech (the app's cap) is ~10,000 characters.
@@ -131,4 +132,7 @@ class Continuer:
                     do_sample=sample, temperature=settings.temperature if sample else None,
                     top_p=settings.top_p if sample else None, pad_token_id=tok.pad_token_id,
                 )
-        return tok.decode(out[0, ids.shape[1] :], skip_special_tokens=True).strip()
+        # A byte-level tokenizer can stop inside a character (the token limit cuts "å" after its first
+        # byte) or sample bytes that are no character at all; they decode as U+FFFD, which is no text.
+        new = tok.decode(out[0, ids.shape[1] :], skip_special_tokens=True).replace("\ufffd", "").strip()
+        return new or NO_WORDS
