@@ -8,9 +8,11 @@ noisy, one minute is not enough); then two sessions at once on the first two. Me
 
 * first tentative word: from the first sentence's start to the first update that shows any text
   (the median over the recordings);
-* commit lag: for each reference word the live transcript got right (aligned by difflib), from its
-  end in the audio to the moment it is committed. Word ends are the sentence's span shared out by
-  characters (synthetic speech is evenly paced; the sentence's own end is exact);
+* commit lag: for each reference word the live transcript got right, from its end in the audio to
+  the moment it is committed. Each update's new words are aligned (difflib) to the reference words
+  of the audio that update decoded. Word ends are the sentence's span shared out by characters
+  (synthetic speech is evenly paced; the sentence's own end is exact). A piece is fed when its last
+  sample would have been recorded;
 * real-time factor: decode time over audio time, per session; CPU seconds per audio second;
 * the same with two sessions at once on the 2 cores (each its own recording), and whether they keep
   up (their backlog at the end of the audio);
@@ -44,62 +46,66 @@ OUT = Path("bench/out")
 PIECE_S = 0.1
 
 
-def word_ends(recording: Recording) -> list[float]:
-    """Each reference word's end in seconds: its sentence's span shared out by characters."""
-    ends = []
+def word_spans(recording: Recording) -> list[tuple[float, float]]:
+    """Each reference word's (start, end) in seconds: its sentence's span shared out by characters."""
+    spans = []
     for seg in recording.segments:
         words = seg.text.split()
         total = sum(len(w) + 1 for w in words)
         at = 0
         for w in words:
+            start = seg.start + (seg.end - seg.start) * at / total
             at += len(w) + 1
-            ends.append(seg.start + (seg.end - seg.start) * at / total)
-    return ends
+            spans.append((start, seg.start + (seg.end - seg.start) * at / total))
+    return spans
 
 
 def run_session(backend, recording: Recording, cfg: LiveConfig, result: dict) -> None:
-    """Feed `recording` at real-time pace; record when each committed word appeared."""
+    """Feed `recording` at real-time pace, each 100 ms piece when its last sample would have been
+    recorded; note each update's new words, when they came and the audio they were heard in."""
     session = LiveSession(backend, cfg)
     step = int(PIECE_S * SAMPLE_RATE)
     start = time.perf_counter()
-    first_text, commits = None, []  # commits: (wall seconds since start, committed word count)
+    first_text, commits = None, []  # commits: (wall s since start, new words, (audio from, audio to) in s)
     for i in range(0, len(recording.audio), step):
-        due = start + i / SAMPLE_RATE
+        piece = recording.audio[i : i + step]
+        due = start + (i + len(piece)) / SAMPLE_RATE
         if (wait := due - time.perf_counter()) > 0:
             time.sleep(wait)
-        update = session.feed(recording.audio[i : i + step])
+        heard_from = session.received_s - len(session.buffer) / SAMPLE_RATE  # the utterance in progress
+        update = session.feed(piece)
         now = time.perf_counter() - start
         if update is not None:
             if first_text is None and (update.committed or update.tentative):
                 first_text = now
-            commits.append((now, len(update.committed.split())))
+            commits.append((now, update.new.split(), (heard_from, session.received_s)))
     audio_end = time.perf_counter() - start
+    heard_from = session.received_s - len(session.buffer) / SAMPLE_RATE
     final = session.finish()
-    commits.append((time.perf_counter() - start, len(final.committed.split())))
+    commits.append((time.perf_counter() - start, final.new.split(), (heard_from, session.received_s)))
     result.update(session=session, first_text=first_text, commits=commits, text=final.committed,
                   backlog_s=max(0.0, audio_end - recording.seconds))
 
 
-def lags(recording: Recording, commits: list[tuple[float, int]], text: str) -> tuple[list[float], float]:
+def lags(recording: Recording, commits: list[tuple[float, list[str], tuple[float, float]]]) -> tuple[list[float], float]:
     """Commit lag of each reference word the live transcript got right: the time its live word was
-    committed minus the reference word's end. Words are matched by aligning the normalised live
-    words to the reference (difflib), so extra or missing words do not shift the others. Returns
-    the lags and the share of reference words matched."""
+    committed minus the reference word's end. An update's new words come from the audio of the
+    utterance it decoded, so they are matched (difflib, normalised) only against the reference words
+    of that stretch: aligned over the whole recording, a common word ("och", "det") of a later
+    sentence matched one of a sentence long closed and counted a lag of 10 s that no word had.
+    Returns the lags and the share of reference words matched."""
     import difflib
 
-    ends = word_ends(recording)
+    spans = word_spans(recording)
     reference = [normalize_text(w) for w in recording.text.split()]
-    live = [normalize_text(w) for w in text.split()]
-    committed_at, k = [], 0  # the time each live word was committed
-    for t, n in commits:
-        while k < min(n, len(live)):
-            committed_at.append(t)
-            k += 1
     out = []
-    for block in difflib.SequenceMatcher(None, reference, live, autojunk=False).get_matching_blocks():
-        for d in range(block.size):
-            if block.b + d < len(committed_at):
-                out.append(committed_at[block.b + d] - ends[block.a + d])
+    for t, new, (heard_from, heard_to) in commits:
+        if not new:
+            continue
+        near = [j for j, (s, e) in enumerate(spans) if e > heard_from - 0.2 and s < heard_to]
+        live = [normalize_text(w) for w in new]
+        matcher = difflib.SequenceMatcher(None, [reference[j] for j in near], live, autojunk=False)
+        out += [t - spans[near[m.a + d]][1] for m in matcher.get_matching_blocks() for d in range(m.size)]
     return out, len(out) / max(len(reference), 1)
 
 
@@ -121,7 +127,7 @@ def summary(backend, recordings: list[Recording], results: list[dict], offline: 
     first text, WER over all the audio, RTF and backlog at their worst."""
     all_lags, matched, firsts = [], [], []
     for rec, res in zip(recordings, results):
-        lag, share = lags(rec, res["commits"], res["text"])
+        lag, share = lags(rec, res["commits"])
         all_lags += lag
         matched.append(share)
         if res["first_text"] is not None:

@@ -459,3 +459,26 @@ def test_the_pages_live_script_parses(tmp_path):
     (tmp_path / "panel.js").write_text(SCRIPT)
     out = subprocess.run(["node", str(check), str(tmp_path / "panel.js")], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
+
+
+def test_the_bench_counts_a_words_lag_from_the_sentence_it_was_heard_in():
+    """bench/live.py's commit lag: new words are matched only to the reference words of the audio
+    their update decoded. Over the whole recording, a word of a late sentence ("och") matched the
+    same word of a sentence long closed, whose lag no word had."""
+    import importlib.util
+    from pathlib import Path
+
+    from whisper_sv.audio.longform import Recording, Segment
+
+    spec = importlib.util.spec_from_file_location("live_bench", Path(__file__).resolve().parents[1] / "bench" / "live.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    rec = Recording("r", np.zeros(16000 * 20, dtype=np.float32),
+                    [Segment(1.0, 3.0, "hej och hå"), Segment(10.0, 12.0, "sol och vind")])
+    # Both sentences misheard but for one "och", heard in the second (committed at 12.5 s from the
+    # utterance of 9.5-12.5 s).
+    commits = [(3.5, ["dej", "ock", "ho"], (0.5, 3.5)), (12.5, ["bol", "och", "bind"], (9.5, 12.5))]
+    lags, share = bench.lags(rec, commits)
+    ends = [end for _, end in bench.word_spans(rec)]
+    assert ends[2] == 3.0 and ends[5] == 12.0 and ends[3] < ends[4] < ends[5]
+    assert lags == [pytest.approx(12.5 - ends[4])] and share == pytest.approx(1 / 6)
