@@ -39,11 +39,10 @@ from whisper_sv.audio.longform import Recording, long_recordings
 from whisper_sv.common.metrics import normalize_text, wer_report
 from whisper_sv.data.sources import iter_clips
 from whisper_sv.serving.inference import pick_backend, warm_up
-from whisper_sv.serving.live import LiveConfig, LiveSession
+from whisper_sv.serving.live import PIECE_S, LiveConfig, LiveSession
 from whisper_sv.synth.corpus import SynthConfig, synthesize
 
 OUT = Path("bench/out")
-PIECE_S = 0.1
 
 
 def word_spans(recording: Recording) -> list[tuple[float, float]]:
@@ -60,6 +59,12 @@ def word_spans(recording: Recording) -> list[tuple[float, float]]:
     return spans
 
 
+def utterance_start(session: LiveSession) -> float:
+    """Where the audio the session holds (the utterance in progress) starts, in seconds of the stream:
+    the next update's new words were heard from there on."""
+    return session.received_s - len(session.buffer) / SAMPLE_RATE
+
+
 def run_session(backend, recording: Recording, cfg: LiveConfig, result: dict) -> None:
     """Feed `recording` at real-time pace, each 100 ms piece when its last sample would have been
     recorded; note each update's new words, when they came and the audio they were heard in."""
@@ -72,7 +77,7 @@ def run_session(backend, recording: Recording, cfg: LiveConfig, result: dict) ->
         due = start + (i + len(piece)) / SAMPLE_RATE
         if (wait := due - time.perf_counter()) > 0:
             time.sleep(wait)
-        heard_from = session.received_s - len(session.buffer) / SAMPLE_RATE  # the utterance in progress
+        heard_from = utterance_start(session)
         update = session.feed(piece)
         now = time.perf_counter() - start
         if update is not None:
@@ -80,7 +85,7 @@ def run_session(backend, recording: Recording, cfg: LiveConfig, result: dict) ->
                 first_text = now
             commits.append((now, update.new.split(), (heard_from, session.received_s)))
     audio_end = time.perf_counter() - start
-    heard_from = session.received_s - len(session.buffer) / SAMPLE_RATE
+    heard_from = utterance_start(session)
     final = session.finish()
     commits.append((time.perf_counter() - start, final.new.split(), (heard_from, session.received_s)))
     result.update(session=session, first_text=first_text, commits=commits, text=final.committed,

@@ -18,6 +18,16 @@ SV_CORPUS = {"clips": 60, "seed": 7, "voices": "espeak", "realism": False}
 CLIP = ClipJob(4, "test", SENTENCE, VOICES_BY_ID["espeak-sv-m3"], 150, 50)
 
 
+def load_bench(name: str):
+    """bench/NAME.py as a module (the benches are scripts, not part of the package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"{name}_bench", Path(__file__).resolve().parents[1] / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def render_test_clip(folder: Path) -> Path:
     """`SENTENCE` as a 48 kHz MP3 in `folder`, as the synthetic corpus stores it."""
     folder.mkdir(parents=True, exist_ok=True)

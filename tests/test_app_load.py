@@ -4,10 +4,8 @@ by bench/app_load.py, not asserted here."""
 
 from __future__ import annotations
 
-import importlib.util
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,26 +13,17 @@ import soundfile as sf
 
 pytest.importorskip("gradio")
 
-from helpers import render_test_clip  # noqa: E402
+from helpers import load_bench, render_test_clip  # noqa: E402
 
 from whisper_sv.serving.app import AppConfig, build_app, launch  # noqa: E402
 from whisper_sv.serving.continuation import Continuer  # noqa: E402
-
-BENCH = Path(__file__).resolve().parents[1] / "bench" / "app_load.py"
-
-
-def _bench():
-    spec = importlib.util.spec_from_file_location("app_load_bench", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.mark.slow
 def test_twenty_concurrent_clients(tmp_path):
     from whisper_sv.serving.inference import pick_backend
 
-    bench = _bench()
+    bench = load_bench("app_load")
     clip = render_test_clip(tmp_path)
     cfg = AppConfig(port=bench.free_port())  # the defaults: concurrency 1, queue of 64
     demo = build_app(cfg, transcriber=pick_backend("packaged:whisper-base"), continuer=Continuer(None))
@@ -72,7 +61,7 @@ class SlowFake:
 def test_queue_concurrency_and_size_limits(tmp_path):
     from gradio_client import Client, handle_file
 
-    bench = _bench()
+    bench = load_bench("app_load")
     clip = tmp_path / "tone.wav"
     sf.write(clip, (0.1 * np.sin(np.arange(16000) / 5)).astype(np.float32), 16000)
     fake = SlowFake()

@@ -385,19 +385,23 @@ def test_a_client_that_vanishes_mid_stream_leaves_no_session_or_thread_behind(li
     assert live.running == 0
     ws.close()  # the client's own reader thread, not the server's
 
-    def grown() -> set[str]:
-        return {t.name for t in threading.enumerate()} - before
+    def others() -> set[str]:  # threads started since, other than the decode pool's
+        return {t.name for t in threading.enumerate() if not t.name.startswith("live-decode")} - before
 
-    deadline = time.time() + 20  # threads end when they will; a loaded machine takes longer
-    while any(not name.startswith("live-decode") for name in grown()) and time.time() < deadline:
-        time.sleep(0.1)
-    assert all(name.startswith("live-decode") for name in grown()), grown()  # only the fixed decode pool, which is bounded:
-    assert sum(t.name.startswith("live-decode") for t in threading.enumerate()) <= live.cfg.max_sessions
+    def pool() -> list[str]:
+        return [t.name for t in threading.enumerate() if t.name.startswith("live-decode")]
+
+    def settle(busy) -> None:  # threads end when they will; a loaded machine takes longer
+        deadline = time.time() + 20
+        while busy() and time.time() < deadline:
+            time.sleep(0.1)
+
+    settle(others)
+    assert not others(), others()  # only the fixed decode pool, which is bounded:
+    assert len(pool()) <= live.cfg.max_sessions
     demo.close()
-    deadline = time.time() + 20
-    while [t for t in threading.enumerate() if t.name.startswith("live-decode")] and time.time() < deadline:
-        time.sleep(0.1)
-    assert not [t for t in threading.enumerate() if t.name.startswith("live-decode")]  # closing the app stops them
+    settle(pool)
+    assert not pool()  # closing the app stops them
 
 
 @pytest.mark.slow
@@ -472,15 +476,12 @@ def test_the_bench_counts_a_words_lag_from_the_sentence_it_was_heard_in():
     """bench/live.py's commit lag: new words are matched only to the reference words of the audio
     their update decoded. Over the whole recording, a word of a late sentence ("och") matched the
     same word of a sentence long closed, whose lag no word had."""
-    import importlib.util
-    from pathlib import Path
+    from helpers import load_bench
 
     from whisper_sv.audio.longform import Recording, Segment
 
-    spec = importlib.util.spec_from_file_location("live_bench", Path(__file__).resolve().parents[1] / "bench" / "live.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    rec = Recording("r", np.zeros(16000 * 20, dtype=np.float32),
+    bench = load_bench("live")
+    rec = Recording("r", np.zeros(SAMPLE_RATE * 20, dtype=np.float32),
                     [Segment(1.0, 3.0, "hej och hå"), Segment(10.0, 12.0, "sol och vind")])
     # Both sentences misheard but for one "och", heard in the second (committed at 12.5 s from the
     # utterance of 9.5-12.5 s).
