@@ -16,7 +16,10 @@ noisy, one minute is not enough); then two sessions at once on the first two. Me
 * real-time factor: decode time over audio time, per session; CPU seconds per audio second;
 * the same with two sessions at once on the 2 cores (each its own recording), and whether they keep
   up (their backlog at the end of the audio);
-* live WER against the offline transcript of the same recordings.
+* live WER against the offline transcript of the same recordings;
+* one session while the app's fair queue (`FairScheduler`, as the app builds it) transcribes an
+  upload over and over (the second recording): what an upload does to a live session's lag and
+  real-time factor, and how fast the upload goes meanwhile.
 
 Results: bench/out/live.json; docs/benchmarks.md has the recorded run with the machine named.
 Usage: python bench/live.py [--model packaged:whisper-base] [--model runs/cpu-demo/ct2] [--seconds 60] [--recordings 4]
@@ -40,6 +43,7 @@ from whisper_sv.common.metrics import normalize_text, wer_report
 from whisper_sv.data.sources import iter_clips
 from whisper_sv.serving.inference import pick_backend, warm_up
 from whisper_sv.serving.live import PIECE_S, LiveConfig, LiveSession
+from whisper_sv.serving.scheduler import FairScheduler, Refused
 from whisper_sv.synth.corpus import SynthConfig, synthesize
 
 OUT = Path("bench/out")
@@ -127,6 +131,33 @@ def run_sessions(backend, recordings: list[Recording], cfg: LiveConfig) -> tuple
     return results, (cpu1.ru_utime + cpu1.ru_stime) - (cpu0.ru_utime + cpu0.ru_stime)
 
 
+def beside_uploads(backend, recording: Recording, upload: Recording, cfg: LiveConfig) -> tuple[dict, dict]:
+    """One session on `recording` while the app's fair queue transcribes `upload` again and again
+    (one decode thread, as the app runs it); the session's result and the uploads' figures."""
+    scheduler = FairScheduler(backend)
+    stop, times = threading.Event(), []
+
+    def uploads() -> None:
+        while not stop.is_set():
+            started = time.perf_counter()
+            try:
+                scheduler.transcribe(upload.audio, client="upload")
+            except Refused:  # closed under it: the session is over
+                return
+            times.append(time.perf_counter() - started)
+
+    thread = threading.Thread(target=uploads, daemon=True)
+    thread.start()
+    try:
+        (result,), _ = run_sessions(backend, [recording], cfg)
+    finally:
+        stop.set()
+        scheduler.close()  # the upload in progress is dropped after its chunk
+        thread.join()
+    return result, {"uploads_done": len(times), "upload_s": upload.seconds,
+                    "upload_wall_s_median": round(float(np.median(times)), 2) if times else None}
+
+
 def summary(backend, recordings: list[Recording], results: list[dict], offline: bool) -> dict:
     """Pooled figures of sessions on `recordings`: lag percentiles over all matched words, the median
     first text, WER over all the audio, RTF and backlog at their worst."""
@@ -170,6 +201,9 @@ def measure(spec: str, recordings: list[Recording], cfg: LiveConfig) -> list[dic
     for rec, res in zip(recordings[:2], two):
         rows.append({"model": spec, "sessions": 2, "cpu_s_per_audio_s": round(cpu / sum(r.seconds for r in recordings[:2]), 3),
                      **summary(backend, [rec], [res], offline=False)})
+    res, uploads = beside_uploads(backend, recordings[0], recordings[1], cfg)
+    rows.append({"model": spec, "sessions": 1, "beside": "uploads", **uploads,
+                 **summary(backend, recordings[:1], [res], offline=False)})
     return rows
 
 
@@ -202,7 +236,8 @@ def main() -> None:
     for spec in models:
         for row in measure(spec, recordings, cfg):
             rows.append(row)
-            print(f"{spec} x{row['sessions']} on {row['recordings']} recording(s), {row['audio_s']} s: first text {row['first_text_s']} s, "
+            beside = f" beside uploads ({row['uploads_done']} of {row['upload_s']} s done, median {row['upload_wall_s_median']} s)" if "beside" in row else ""
+            print(f"{spec} x{row['sessions']}{beside} on {row['recordings']} recording(s), {row['audio_s']} s: first text {row['first_text_s']} s, "
                   f"commit lag p50 {row['commit_lag_p50_s']} s p95 {row['commit_lag_p95_s']} s ({row['lag_words_matched']:.0%} of words matched), "
                   f"RTF {row['rtf_max']}, backlog {row['backlog_s_max']} s, CPU s per audio s {row['cpu_s_per_audio_s']}, "
                   f"WER live {row['wer_live']}" + (f" offline {row['wer_offline']}" if "wer_offline" in row else ""), flush=True)

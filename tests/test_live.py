@@ -490,3 +490,38 @@ def test_the_bench_counts_a_words_lag_from_the_sentence_it_was_heard_in():
     ends = [end for _, end in bench.word_spans(rec)]
     assert ends[2] == 3.0 and ends[5] == 12.0 and ends[3] < ends[4] < ends[5]
     assert lags == [pytest.approx(12.5 - ends[4])] and share == pytest.approx(1 / 6)
+
+
+def test_the_bench_runs_a_session_beside_uploads_and_stops_them_with_it():
+    """bench/live.py's "beside uploads" row: the fair queue transcribes the upload again and again
+    while the session runs, and the upload in progress is dropped when the session ends, so the
+    bench neither hangs on a long upload nor leaves the queue's thread behind."""
+    import threading
+    import time
+
+    from helpers import load_bench
+
+    from whisper_sv.audio.longform import Recording, Segment
+
+    class Slow:
+        name = "slow"
+
+        def chunks(self, audio):
+            return [audio[i : i + SAMPLE_RATE] for i in range(0, len(audio), SAMPLE_RATE)]
+
+        def decode(self, chunks):
+            time.sleep(0.05)
+            return ["ord"] * len(chunks)
+
+    bench = load_bench("live")
+    session = Recording("s", quiet(1.0), [Segment(0.2, 0.8, "ord")])
+    upload = Recording("u", quiet(0.3), [Segment(0.0, 0.3, "ord")])
+    long = Recording("l", quiet(600.0), [Segment(0.0, 600.0, "ord")])  # 600 chunks: 30 s if not dropped
+    before = {t.name for t in threading.enumerate()}
+    result, uploads = bench.beside_uploads(Slow(), session, upload, LiveConfig())
+    assert uploads["uploads_done"] >= 3 and uploads["upload_s"] == pytest.approx(0.3)
+    assert result["text"] == "" and result["backlog_s"] < 1.0
+    _, uploads = bench.beside_uploads(Slow(), session, long, LiveConfig())
+    assert uploads["uploads_done"] == 0  # dropped when the session ended, not waited for (30 s)
+    time.sleep(0.2)
+    assert not {t.name for t in threading.enumerate() if t.name.startswith("whisper-sv-asr")} - before
