@@ -4,7 +4,7 @@ Long recordings (60 s or more of the synthetic test and dev sentences, stitched 
 every sentence's start and end is known) are fed to live sessions in 100 ms pieces at real-time
 pace, as a microphone would send them, on the app's backend (CTranslate2 int8). One session runs
 on each recording in turn (`--recordings`, figures pooled over all of them: this model's words are
-noisy, one minute is not enough); then two sessions at once on the first two. Measured:
+noisy, one minute is not enough); then two and three sessions at once on the first ones. Measured:
 
 * first tentative word: from the first sentence's start to the first update that shows any text
   (the median over the recordings);
@@ -14,8 +14,8 @@ noisy, one minute is not enough); then two sessions at once on the first two. Me
   (synthetic speech is evenly paced; the sentence's own end is exact). A piece is fed when its last
   sample would have been recorded;
 * real-time factor: decode time over audio time, per session; CPU seconds per audio second;
-* the same with two sessions at once on the 2 cores (each its own recording), and whether they keep
-  up (their backlog at the end of the audio);
+* the same with two, then three sessions at once on the 2 cores (`--most-sessions`, each its own
+  recording), and whether they keep up (their backlog at the end of the audio);
 * live WER against the offline transcript of the same recordings;
 * one session while the app's fair queue (`FairScheduler`, as the app builds it) transcribes an
   upload over and over (the second recording): what an upload does to a live session's lag and
@@ -190,8 +190,9 @@ def summary(backend, recordings: list[Recording], results: list[dict], offline: 
     return row
 
 
-def measure(spec: str, recordings: list[Recording], cfg: LiveConfig) -> list[dict]:
-    """One session on each recording in turn, then two at once on the first two."""
+def measure(spec: str, recordings: list[Recording], cfg: LiveConfig, most: int = 3) -> list[dict]:
+    """One session on each recording in turn, then 2 up to `most` at once on the first recordings,
+    then one beside an upload loop."""
     backend = pick_backend(spec)
     warm_up(backend)  # as the app does: the first decode and Silero's first call are not a session's
     one, cpu = [], 0.0
@@ -201,10 +202,11 @@ def measure(spec: str, recordings: list[Recording], cfg: LiveConfig) -> list[dic
         cpu += seconds
     rows = [{"model": spec, "sessions": 1, "cpu_s_per_audio_s": round(cpu / sum(r.seconds for r in recordings), 3),
              **summary(backend, recordings, one, offline=True)}]
-    two, cpu = run_sessions(backend, recordings[:2], cfg)
-    for rec, res in zip(recordings[:2], two):
-        rows.append({"model": spec, "sessions": 2, "cpu_s_per_audio_s": round(cpu / sum(r.seconds for r in recordings[:2]), 3),
-                     **summary(backend, [rec], [res], offline=False)})
+    for n in range(2, most + 1):  # n sessions at once, each on its own recording: how many keep up
+        results, cpu = run_sessions(backend, recordings[:n], cfg)
+        for rec, res in zip(recordings[:n], results):
+            rows.append({"model": spec, "sessions": n, "cpu_s_per_audio_s": round(cpu / sum(r.seconds for r in recordings[:n]), 3),
+                         **summary(backend, [rec], [res], offline=False)})
     for live_first in (True, False):  # the app's gate, and the model shared first come, first served
         res, uploads = beside_uploads(backend, recordings[0], recordings[1], cfg, live_first=live_first)
         rows.append({"model": spec, "sessions": 1, "beside": "uploads", "live_first": live_first, **uploads,
@@ -218,6 +220,7 @@ def main() -> None:
     p.add_argument("--corpus", default="bench/out/live-corpus-600", help="synthetic corpus the recordings come from (made if missing)")
     p.add_argument("--seconds", type=float, default=60.0, help="each recording at least this long")
     p.add_argument("--recordings", type=int, default=4, help="recordings of --seconds each; one session on each in turn")
+    p.add_argument("--most-sessions", type=int, default=3, help="run 2 up to this many sessions at once (each its own recording)")
     p.add_argument("--clips", type=int, default=600, help="clips of the synthetic corpus, when it is made")
     p.add_argument("--no-early-close", action="store_true", help="LiveConfig.early_close off: close at the next decode step")
     p.add_argument("--step-s", type=float, default=LiveConfig.step_s, help="LiveConfig.step_s")
@@ -232,14 +235,14 @@ def main() -> None:
     clips = [(c.id, c.audio, c.sentence, c.speaker) for c in iter_clips(f"cv:{corpus}", "test")]
     clips += [(c.id, c.audio, c.sentence, c.speaker) for c in iter_clips(f"cv:{corpus}", "dev")]
     recordings = long_recordings(clips, count=args.recordings, min_seconds=args.seconds)
-    if len(recordings) < max(args.recordings, 2):
+    if len(recordings) < max(args.recordings, args.most_sessions, 2):
         raise SystemExit(f"{corpus}: not enough test and dev speech for {args.recordings} recordings of {args.seconds:g} s: "
                          "pass --clips with more, and a new --corpus")
     cfg = LiveConfig(step_s=args.step_s, pause_ms=args.pause_ms, first_decode_s=args.first_decode_s, early_close=not args.no_early_close,
                      context_s=args.context_s)
     rows = []
     for spec in models:
-        for row in measure(spec, recordings, cfg):
+        for row in measure(spec, recordings, cfg, most=args.most_sessions):
             rows.append(row)
             beside = (f" beside uploads, live first {row['live_first']} ({row['uploads_done']} of {row['upload_s']} s done, "
                       f"median {row['upload_wall_s_median']} s)" if "beside" in row else "")
