@@ -435,10 +435,16 @@ def test_the_readme_client_streams_a_file_and_prints_the_live_text(live_app, spe
     url, _ = live_app(Scripted("Det här", "Det här är", "Det här är en mening"))
     assert "ws://127.0.0.1:7860/live" in code
     sf.write(tmp_path / "clip.wav", (np.concatenate([tone(2.5), quiet(0.8)]) * 32767).astype(np.int16), SAMPLE_RATE)
-    (tmp_path / "client.py").write_text(code.replace("ws://127.0.0.1:7860/live", url))
+    # The client notes when it sends its end, so the test sees the text printed while audio still went out.
+    client = code.replace("ws://127.0.0.1:7860/live", url).replace(
+        '    ws.send(json.dumps({"end": True}))', '    print("-- end sent", flush=True)\n    ws.send(json.dumps({"end": True}))')
+    assert "-- end sent" in client
+    (tmp_path / "client.py").write_text(client)
     done = subprocess.run([sys.executable, "client.py"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.splitlines()[-1].startswith("Det här är")
+    lines = done.stdout.splitlines()
+    assert lines[-1].startswith("Det här är")
+    assert any(line.strip() != "|" for line in lines[: lines.index("-- end sent")]), lines  # words while streaming
 
 
 def test_audio_sent_in_pieces_is_resampled_as_one_stream():
