@@ -241,18 +241,24 @@ def main() -> None:
     cfg = LiveConfig(step_s=args.step_s, pause_ms=args.pause_ms, first_decode_s=args.first_decode_s, early_close=not args.no_early_close,
                      context_s=args.context_s)
     rows = []
+    OUT.mkdir(parents=True, exist_ok=True)
     for spec in models:
         for row in measure(spec, recordings, cfg, most=args.most_sessions):
             rows.append(row)
-            beside = (f" beside uploads, live first {row['live_first']} ({row['uploads_done']} of {row['upload_s']} s done, "
-                      f"median {row['upload_wall_s_median']} s)" if "beside" in row else "")
-            print(f"{spec} x{row['sessions']}{beside} on {row['recordings']} recording(s), {row['audio_s']} s: first text {row['first_text_s']} s, "
-                  f"commit lag p50 {row['commit_lag_p50_s']} s p95 {row['commit_lag_p95_s']} s ({row['lag_words_matched']:.0%} of words matched), "
-                  f"RTF {row['rtf_max']}, backlog {row['backlog_s_max']} s, CPU s per audio s {row['cpu_s_per_audio_s']}, "
-                  f"WER live {row['wer_live']}" + (f" offline {row['wer_offline']}" if "wer_offline" in row else ""), flush=True)
-    OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "live.json").write_text(json.dumps({"config": vars(cfg), "results": rows}, indent=2))
+            print(describe(row), flush=True)
+            (OUT / "live.json").write_text(json.dumps({"config": vars(cfg), "results": rows}, indent=2))  # each model's rows as they come
     print(f"wrote {OUT / 'live.json'}")
+
+
+def describe(row: dict) -> str:
+    """One printed line of a result row (the "beside uploads" rows have the uploads' figures, no CPU share)."""
+    beside = (f" beside uploads, live first {row['live_first']} ({row['uploads_done']} of {row['upload_s']} s done, "
+              f"median {row['upload_wall_s_median']} s)" if "beside" in row else "")
+    cpu = f", CPU s per audio s {row['cpu_s_per_audio_s']}" if "cpu_s_per_audio_s" in row else ""
+    return (f"{row['model']} x{row['sessions']}{beside} on {row['recordings']} recording(s), {row['audio_s']} s: "
+            f"first text {row['first_text_s']} s, commit lag p50 {row['commit_lag_p50_s']} s p95 {row['commit_lag_p95_s']} s "
+            f"({row['lag_words_matched']:.0%} of words matched), RTF {row['rtf_max']}, backlog {row['backlog_s_max']} s{cpu}, "
+            f"WER live {row['wer_live']}" + (f" offline {row['wer_offline']}" if "wer_offline" in row else ""))
 
 
 if __name__ == "__main__":
