@@ -19,8 +19,7 @@ noisy, one minute is not enough); then two and three sessions at once on the fir
 * live WER against the offline transcript of the same recordings;
 * one session while the app's fair queue (`FairScheduler`, as the app builds it) transcribes an
   upload over and over (the second recording): what an upload does to a live session's lag and
-  real-time factor, and how fast the upload goes meanwhile; with the app's `LiveFirst` gate (live
-  decodes before upload chunks) and without it (the model shared first come, first served).
+  real-time factor, and how fast the upload goes meanwhile.
 
 Results: bench/out/live.json; docs/benchmarks.md has the recorded run with the machine named.
 Usage: python bench/live.py [--model packaged:whisper-base] [--model runs/cpu-demo/ct2] [--seconds 60] [--recordings 4]
@@ -44,7 +43,7 @@ from whisper_sv.common.metrics import normalize_text, wer_report
 from whisper_sv.data.sources import iter_clips
 from whisper_sv.serving.inference import pick_backend, warm_up
 from whisper_sv.serving.live import PIECE_S, LiveConfig, LiveSession
-from whisper_sv.serving.scheduler import FairScheduler, LiveFirst, Refused
+from whisper_sv.serving.scheduler import FairScheduler, Refused
 from whisper_sv.synth.corpus import SynthConfig, synthesize
 
 OUT = Path("bench/out")
@@ -70,10 +69,10 @@ def utterance_start(session: LiveSession) -> float:
     return session.received_s - len(session.buffer) / SAMPLE_RATE
 
 
-def run_session(backend, recording: Recording, cfg: LiveConfig, result: dict, turn=None) -> None:
+def run_session(backend, recording: Recording, cfg: LiveConfig, result: dict) -> None:
     """Feed `recording` at real-time pace, each 100 ms piece when its last sample would have been
     recorded; note each update's new words, when they came and the audio they were heard in."""
-    session = LiveSession(backend, cfg, **({"turn": turn} if turn else {}))
+    session = LiveSession(backend, cfg)
     step = int(PIECE_S * SAMPLE_RATE)
     start = time.perf_counter()
     first_text, commits = None, []  # commits: (wall s since start, new words, (audio from, audio to) in s)
@@ -119,11 +118,11 @@ def lags(recording: Recording, commits: list[tuple[float, list[str], tuple[float
     return out, len(out) / max(len(reference), 1)
 
 
-def run_sessions(backend, recordings: list[Recording], cfg: LiveConfig, turn=None) -> tuple[list[dict], float]:
+def run_sessions(backend, recordings: list[Recording], cfg: LiveConfig) -> tuple[list[dict], float]:
     """One session per recording, all at once; their results and the CPU seconds they took."""
     results = [{} for _ in recordings]
     cpu0 = resource.getrusage(resource.RUSAGE_SELF)
-    threads = [threading.Thread(target=run_session, args=(backend, rec, cfg, res, turn)) for rec, res in zip(recordings, results)]
+    threads = [threading.Thread(target=run_session, args=(backend, rec, cfg, res)) for rec, res in zip(recordings, results)]
     for t in threads:
         t.start()
     for t in threads:
@@ -132,13 +131,10 @@ def run_sessions(backend, recordings: list[Recording], cfg: LiveConfig, turn=Non
     return results, (cpu1.ru_utime + cpu1.ru_stime) - (cpu0.ru_utime + cpu0.ru_stime)
 
 
-def beside_uploads(backend, recording: Recording, upload: Recording, cfg: LiveConfig,
-                   live_first: bool = True) -> tuple[dict, dict]:
+def beside_uploads(backend, recording: Recording, upload: Recording, cfg: LiveConfig) -> tuple[dict, dict]:
     """One session on `recording` while the app's fair queue transcribes `upload` again and again
-    (one decode thread and, unless `live_first` is off, the session's decodes first, as the app runs
-    them); the session's result and the uploads' figures."""
-    gate = LiveFirst() if live_first else None
-    scheduler = FairScheduler(backend, gate=gate)
+    (one decode thread, as the app runs it); the session's result and the uploads' figures."""
+    scheduler = FairScheduler(backend)
     stop, times = threading.Event(), []
 
     def uploads() -> None:
@@ -153,7 +149,7 @@ def beside_uploads(backend, recording: Recording, upload: Recording, cfg: LiveCo
     thread = threading.Thread(target=uploads, daemon=True)
     thread.start()
     try:
-        (result,), _ = run_sessions(backend, [recording], cfg, turn=gate.live if gate else None)
+        (result,), _ = run_sessions(backend, [recording], cfg)
     finally:
         stop.set()
         scheduler.close()  # the upload in progress is dropped after its chunk
@@ -207,10 +203,9 @@ def measure(spec: str, recordings: list[Recording], cfg: LiveConfig, most: int =
         for rec, res in zip(recordings[:n], results):
             rows.append({"model": spec, "sessions": n, "cpu_s_per_audio_s": round(cpu / sum(r.seconds for r in recordings[:n]), 3),
                          **summary(backend, [rec], [res], offline=False)})
-    for live_first in (True, False):  # the app's gate, and the model shared first come, first served
-        res, uploads = beside_uploads(backend, recordings[0], recordings[1], cfg, live_first=live_first)
-        rows.append({"model": spec, "sessions": 1, "beside": "uploads", "live_first": live_first, **uploads,
-                     **summary(backend, recordings[:1], [res], offline=False)})
+    res, uploads = beside_uploads(backend, recordings[0], recordings[1], cfg)
+    rows.append({"model": spec, "sessions": 1, "beside": "uploads", **uploads,
+                 **summary(backend, recordings[:1], [res], offline=False)})
     return rows
 
 
@@ -252,7 +247,7 @@ def main() -> None:
 
 def describe(row: dict) -> str:
     """One printed line of a result row (the "beside uploads" rows have the uploads' figures, no CPU share)."""
-    beside = (f" beside uploads, live first {row['live_first']} ({row['uploads_done']} of {row['upload_s']} s done, "
+    beside = (f" beside uploads ({row['uploads_done']} of {row['upload_s']} s done, "
               f"median {row['upload_wall_s_median']} s)" if "beside" in row else "")
     cpu = f", CPU s per audio s {row['cpu_s_per_audio_s']}" if "cpu_s_per_audio_s" in row else ""
     return (f"{row['model']} x{row['sessions']}{beside} on {row['recordings']} recording(s), {row['audio_s']} s: "

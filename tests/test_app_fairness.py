@@ -124,73 +124,6 @@ def test_the_scheduler_refuses_audio_over_a_clients_allowance_and_frees_it_when_
         scheduler.close()
 
 
-def test_a_live_decode_goes_before_the_next_upload_chunk_and_waits_only_for_the_one_in_progress():
-    """With the app's `LiveFirst` gate a live session's decode waits for the upload chunk being
-    decoded (it cannot be stopped) but not for the next ones: none starts while a live decode waits
-    or runs. Without the gate the live decode would share the model with the chunk in progress."""
-    from whisper_sv.serving.scheduler import FairScheduler, LiveFirst
-
-    events: list[str] = []
-    release = threading.Event()
-
-    class Logged(ChunkFake):
-        def decode(self, chunks):
-            events.append("chunk starts")
-            self.started.set()
-            assert release.wait(60), "the test never released the chunk"
-            events.append("chunk ends")
-            return ["x"] * len(chunks)
-
-    gate = LiveFirst()
-    fake = Logged()
-    scheduler = FairScheduler(fake, gate=gate)
-    inside, leave = threading.Event(), threading.Event()
-
-    def live_decode():
-        with gate.live():
-            events.append("live decodes")
-            inside.set()
-            assert leave.wait(60)
-            events.append("live done")  # inside: once out, the next chunk may start at once
-
-    try:
-        upload = scheduler.submit(silence(30), "upload")  # three chunks
-        assert fake.started.wait(30)  # the first chunk is being decoded
-        live = threading.Thread(target=live_decode)
-        live.start()
-        assert not inside.wait(0.3)  # it waits for the chunk in progress
-        release.set()  # the chunk ends; from now on every chunk would run straight through
-        assert inside.wait(30)
-        time.sleep(0.3)  # room for the next chunk to start, if the gate let it
-        assert events == ["chunk starts", "chunk ends", "live decodes"]
-        leave.set()
-        live.join(30)
-        assert upload.result(30) == "x x x"
-    finally:
-        release.set()
-        leave.set()
-        scheduler.close()
-    assert events[3:] == ["live done", "chunk starts", "chunk ends", "chunk starts", "chunk ends"]
-
-
-def test_live_decodes_do_not_wait_for_each_other():
-    """Two sessions' decodes share the model as before: the gate orders them only against uploads."""
-    from whisper_sv.serving.scheduler import LiveFirst
-
-    gate, both = LiveFirst(), threading.Barrier(2, timeout=30)
-
-    def live_decode():
-        with gate.live():
-            both.wait()  # breaks (and fails the test) unless the other is inside at the same time
-
-    threads = [threading.Thread(target=live_decode) for _ in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    assert not both.broken
-
-
 # Through the app and gradio_client ----------------------------------------------------------------
 
 
@@ -246,19 +179,6 @@ def test_a_short_clip_finishes_before_a_long_upload_sent_earlier(app_with, tmp_p
     assert short_job.result() == "5s" and long_job.result() == " ".join(["10s"] * 59)
     assert finished == ["short", "long"]
     assert fake.log.index(5) < 59, f"the short clip waited for all {fake.log.index(5)} chunks of the long upload"
-
-
-def test_the_apps_uploads_and_live_sessions_share_one_live_first_gate():
-    pytest.importorskip("gradio")
-    from whisper_sv.serving.app import AppConfig, build_app
-    from whisper_sv.serving.continuation import Continuer
-    from whisper_sv.serving.scheduler import LiveFirst
-
-    demo = build_app(AppConfig(), transcriber=ChunkFake(), continuer=Continuer(None))
-    try:
-        assert isinstance(demo.scheduler.gate, LiveFirst) and demo.live_sessions.gate is demo.scheduler.gate
-    finally:
-        demo.close()
 
 
 def test_a_client_over_its_allowance_of_queued_audio_gets_a_message(app_with, tmp_path):

@@ -529,7 +529,7 @@ def test_the_bench_runs_a_session_beside_uploads_and_stops_them_with_it():
     assert result["text"] == "" and result["backlog_s"] < 1.0
     _, uploads = bench.beside_uploads(Slow(), session, long, LiveConfig())
     assert uploads["uploads_done"] == 0  # dropped when the session ended, not waited for (30 s)
-    row = {"model": "slow", "sessions": 1, "beside": "uploads", "live_first": True, **uploads,
+    row = {"model": "slow", "sessions": 1, "beside": "uploads", **uploads,
            **bench.summary(Slow(), [session], [result], offline=False)}
     assert "beside uploads" in bench.describe(row) and "CPU" not in bench.describe(row)  # printed without a CPU share
     time.sleep(0.2)

@@ -77,7 +77,7 @@ from .inference import BACKENDS, NO_SPEECH, InferenceConfig, Transcriber, pick_b
 from .limits import ENDPOINTS, UNREADABLE, RequestLimits, check_host, check_inputs
 from .live import LiveConfig, LiveSessions, live_endpoint
 from .live_page import live_panel
-from .scheduler import FairScheduler, LiveFirst, Refused
+from .scheduler import FairScheduler, Refused
 from .uploads import UPLOADS_MARKER, UploadFolder, claim_upload_folder, release_upload_folder
 
 log = logging.getLogger(__name__)
@@ -238,23 +238,22 @@ def build_app(cfg: AppConfig = AppConfig(), transcriber: Transcriber | None = No
         import gradio as gr
 
         folder = UploadFolder(path, cfg.upload_ttl_s, cfg.max_upload_store_mb * (1 << 20))
-        gate = LiveFirst()  # live sessions' decodes before uploads' chunks
-        demo = _build_blocks(gr, cfg, transcriber, continuer, gate)
+        demo = _build_blocks(gr, cfg, transcriber, continuer)
     except BaseException:
         release_upload_folder(path)
         raise
     demo.upload_folder = folder  # `launch` guards it; `demo.close()` releases it
     demo.transcriber = transcriber  # `launch` serves live sessions on it
-    demo.live_sessions = LiveSessions(LiveConfig(max_sessions=cfg.live_sessions, max_session_s=cfg.live_max_s), gate=gate)
+    demo.live_sessions = LiveSessions(LiveConfig(max_sessions=cfg.live_sessions, max_session_s=cfg.live_max_s))
     return demo
 
 
-def _build_blocks(gr, cfg: AppConfig, transcriber: Transcriber, continuer: Continuer, gate: LiveFirst | None = None):
+def _build_blocks(gr, cfg: AppConfig, transcriber: Transcriber, continuer: Continuer):
     def refuse(message: str) -> gr.Error:
         return gr.Error(message, print_exception=False)  # the reason is logged in one line instead
 
     scheduler = FairScheduler(transcriber, workers=cfg.concurrency, client_audio_s=cfg.max_client_audio_s,
-                              total_audio_s=cfg.max_queued_audio_s, gate=gate)
+                              total_audio_s=cfg.max_queued_audio_s)
     loads = threading.BoundedSemaphore(LOADS_AT_ONCE)
 
     def load(audio_path: str):

@@ -43,7 +43,6 @@ import difflib
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -138,9 +137,8 @@ def continuation(committed: list[str], hypothesis: list[str]) -> list[str]:
 class LiveSession:
     """One speaker's stream: `feed` 16 kHz mono float32 audio as it arrives, read `Update`s."""
 
-    def __init__(self, backend, cfg: LiveConfig = LiveConfig(), turn=nullcontext):
-        """`turn`: entered around every decode (`LiveFirst.live`, so uploads wait for the session)."""
-        self.backend, self.cfg, self._turn = backend, cfg, turn
+    def __init__(self, backend, cfg: LiveConfig = LiveConfig()):
+        self.backend, self.cfg = backend, cfg
         self.buffer = np.zeros(0, dtype=np.float32)  # the utterance in progress (and any silence before it)
         self.committed: list[str] = []  # all committed words of the session
         self.utterance: list[str] = []  # the committed words of the utterance in progress
@@ -262,18 +260,17 @@ class LiveSession:
         earlier text): a decode that repeats three words in a row of the context, compresses like
         a loop with it, or says more than the utterance's length could hold is dropped, with the
         context, and the utterance decoded alone."""
-        started = time.perf_counter()  # a wait for the model counts: it is time the speaker waits too
+        started = time.perf_counter()
         kept = self._context_for(audio) if context and len(audio) and self._takes_prefix else []
         words = [w for _, ws in kept for w in ws]
         text = ""
-        with self._turn():
-            if words:
-                text = self.backend.decode([np.concatenate([a for a, _ in kept] + [audio])], prefix=" ".join(words))[0]
-                if _looks_like_a_loop(words, _words(text), len(audio) / SAMPLE_RATE):
-                    self.context, words = [], []
-            if not words:
-                text = self.backend.decode([audio])[0] if len(audio) else ""
-            self.decode_s += time.perf_counter() - started
+        if words:
+            text = self.backend.decode([np.concatenate([a for a, _ in kept] + [audio])], prefix=" ".join(words))[0]
+            if _looks_like_a_loop(words, _words(text), len(audio) / SAMPLE_RATE):
+                self.context, words = [], []
+        if not words:
+            text = self.backend.decode([audio])[0] if len(audio) else ""
+        self.decode_s += time.perf_counter() - started
         self.decodes += 1
         return text
 
@@ -333,11 +330,9 @@ def _takes_prefix(backend) -> bool:
 
 @dataclass
 class LiveSessions:
-    """The live sessions running now, at most `cfg.max_sessions`; one more is refused. With a
-    `gate` (`scheduler.LiveFirst`, shared with the app's upload queue) their decodes go first."""
+    """The live sessions running now, at most `cfg.max_sessions`; one more is refused."""
 
     cfg: LiveConfig = field(default_factory=LiveConfig)
-    gate: object = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _open: set = field(default_factory=set)
     executor: ThreadPoolExecutor = field(init=False)
@@ -352,7 +347,7 @@ class LiveSessions:
             if len(self._open) >= self.cfg.max_sessions:
                 raise SessionsFull(f"{len(self._open)} live sessions are running, the most this server takes; "
                                    "try again in a minute, or upload a recording instead")
-            session = LiveSession(backend, self.cfg, turn=self.gate.live if self.gate is not None else nullcontext)
+            session = LiveSession(backend, self.cfg)
             self._open.add(id(session))
             return session
 

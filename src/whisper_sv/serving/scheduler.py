@@ -9,7 +9,6 @@ import logging
 import math
 import threading
 from concurrent.futures import Future, InvalidStateError
-from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 
 from ..audio.io import SAMPLE_RATE
@@ -35,48 +34,6 @@ class _Job:
     released: bool = False  # its audio no longer counts against the allowances
 
 
-class LiveFirst:
-    """Live sessions' decodes go before uploads' on the model they share.
-
-    A live step waits for at most the upload chunk being decoded (a decode cannot be stopped half
-    way); no upload chunk starts while a live decode waits or runs, and live decodes do not wait
-    for each other. Uploads take the time between a session's steps: a live session must keep up
-    with a speaker, an upload only has to finish. The app gives one gate to its `FairScheduler`
-    (`upload`) and to its `LiveSessions` (`live`).
-    """
-
-    def __init__(self):
-        self._cond = threading.Condition()
-        self._live = 0  # live decodes waiting or running
-        self._uploads = 0  # upload chunks being decoded
-
-    @contextmanager
-    def live(self):
-        with self._cond:
-            self._live += 1
-            while self._uploads:
-                self._cond.wait()
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._live -= 1
-                self._cond.notify_all()
-
-    @contextmanager
-    def upload(self):
-        with self._cond:
-            while self._live:
-                self._cond.wait()
-            self._uploads += 1
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._uploads -= 1
-                self._cond.notify_all()
-
-
 class FairScheduler:
     """Transcription requests share the decoder chunk by chunk, least-served first.
 
@@ -93,15 +50,11 @@ class FairScheduler:
     together `total_audio_s`; `submit` refuses a request over either with `Refused`. A request's
     audio counts until its future is done, cancelled included: a cancelled request is dropped at
     the next pick.
-
-    With a `LiveFirst` gate, each chunk is decoded in the gate's ``upload`` turn: after the live
-    sessions' decodes waiting for the model.
     """
 
     def __init__(self, transcriber: Transcriber, workers: int = 1, client_audio_s: float = math.inf,
-                 total_audio_s: float = math.inf, gate: LiveFirst | None = None):
-        self.transcriber, self.workers, self.gate = transcriber, workers, gate
-        self._turn = gate.upload if gate is not None else nullcontext
+                 total_audio_s: float = math.inf):
+        self.transcriber, self.workers = transcriber, workers
         self.client_audio_s, self.total_audio_s = client_audio_s, total_audio_s
         self.chunked = callable(getattr(transcriber, "chunks", None)) and callable(getattr(transcriber, "decode", None))
         self._cond = threading.Condition()
@@ -212,11 +165,10 @@ class FairScheduler:
                 chunk = job.chunks[len(job.texts)]
             error, text = None, ""
             try:
-                with self._turn():
-                    if self.chunked:
-                        (text,) = self.transcriber.decode([chunk])
-                    else:
-                        text = self.transcriber.transcribe(chunk)
+                if self.chunked:
+                    (text,) = self.transcriber.decode([chunk])
+                else:
+                    text = self.transcriber.transcribe(chunk)
             except Exception as err:
                 error = err
             result = None
