@@ -241,7 +241,7 @@ def main() -> None:
         for row in measure(spec, recordings, cfg, most=args.most_sessions):
             rows.append(row)
             print(describe(row), flush=True)
-            (OUT / "live.json").write_text(json.dumps({"config": vars(cfg), "results": rows}, indent=2))  # each model's rows as they come
+        (OUT / "live.json").write_text(json.dumps({"config": vars(cfg), "results": rows}, indent=2))  # after each model: a later crash loses no rows
     print(f"wrote {OUT / 'live.json'}")
 
 

@@ -506,31 +506,22 @@ def test_the_bench_runs_a_session_beside_uploads_and_stops_them_with_it():
     import time
 
     from helpers import load_bench
+    from test_app_fairness import ChunkFake
 
     from whisper_sv.audio.longform import Recording, Segment
-
-    class Slow:
-        name = "slow"
-
-        def chunks(self, audio):
-            return [audio[i : i + SAMPLE_RATE] for i in range(0, len(audio), SAMPLE_RATE)]
-
-        def decode(self, chunks):
-            time.sleep(0.05)
-            return ["ord"] * len(chunks)
 
     bench = load_bench("live")
     session = Recording("s", quiet(1.0), [Segment(0.2, 0.8, "ord")])
     upload = Recording("u", quiet(0.3), [Segment(0.0, 0.3, "ord")])
-    long = Recording("l", quiet(600.0), [Segment(0.0, 600.0, "ord")])  # 600 chunks: 30 s if not dropped
+    long = Recording("l", quiet(600.0), [Segment(0.0, 600.0, "ord")])  # 60 chunks of 0.05 s: 3 s, past the 1 s session, if not dropped
     before = {t.name for t in threading.enumerate()}
-    result, uploads = bench.beside_uploads(Slow(), session, upload, LiveConfig())
+    result, uploads = bench.beside_uploads(ChunkFake(step_s=0.05), session, upload, LiveConfig())
     assert uploads["uploads_done"] >= 3 and uploads["upload_s"] == pytest.approx(0.3)
     assert result["text"] == "" and result["backlog_s"] < 1.0
-    _, uploads = bench.beside_uploads(Slow(), session, long, LiveConfig())
-    assert uploads["uploads_done"] == 0  # dropped when the session ended, not waited for (30 s)
-    row = {"model": "slow", "sessions": 1, "beside": "uploads", **uploads,
-           **bench.summary(Slow(), [session], [result], offline=False)}
+    _, uploads = bench.beside_uploads(ChunkFake(step_s=0.05), session, long, LiveConfig())
+    assert uploads["uploads_done"] == 0  # dropped when the session ended, not waited for (3 s)
+    row = {"model": "fake", "sessions": 1, "beside": "uploads", **uploads,
+           **bench.summary(ChunkFake(), [session], [result], offline=False)}
     assert "beside uploads" in bench.describe(row) and "CPU" not in bench.describe(row)  # printed without a CPU share
     time.sleep(0.2)
     assert not {t.name for t in threading.enumerate() if t.name.startswith("whisper-sv-asr")} - before
