@@ -278,6 +278,8 @@ def test_timestamp_figures_valid_case_and_boundary_error_by_hand():
     # |0.9-1.0|, |2.1-2.0|, |3.2-3.0|, |4.0-4.5|
     assert figures["valid"] is True
     assert figures["boundary_error_s"] == pytest.approx((0.1 + 0.1 + 0.2 + 0.5) / 4)
+    # Each true boundary to the nearest given: 1.0->0.9, 2.0->2.1, 3.0->3.2, 4.5->4.0.
+    assert figures["boundary_miss_s"] == pytest.approx((0.1 + 0.1 + 0.2 + 0.5) / 4)
     # Touching segments, an end within the 20 ms tolerance past the audio: still valid.
     assert rc.timestamp_figures([(0.0, 2.0), (2.0, 5.04)], 5.0, truth)["valid"] is True
 
@@ -295,11 +297,23 @@ def test_timestamp_figures_invalid(segments):
     assert rc.timestamp_figures(segments, 5.0, [1.0, 2.0, 3.0, 4.5])["valid"] is False
 
 
+def test_one_segment_per_window_misses_the_sentence_boundaries_it_never_gave():
+    """A decoder that gives one segment per 30 s window: its few boundaries sit near true ones (the
+    window edges fall in pauses), so only the distance from each true boundary shows what it missed."""
+    truth = [0.5, 4.0, 5.0, 9.0, 10.0, 14.0, 15.0, 19.0, 20.0, 24.0, 25.0, 29.5]
+    figures = rc.timestamp_figures([(0.5, 29.5)], 30.0, truth)
+    assert figures["valid"] is True and figures["boundary_error_s"] == 0
+    # 4.0 is 3.5 s from the nearest boundary given, 14.0 is 13.5 s, 15.0 is 14.5 s ...
+    expected = sum(min(abs(b - 0.5), abs(b - 29.5)) for b in truth) / len(truth)
+    assert figures["boundary_miss_s"] == pytest.approx(expected) and expected > 5
+
+
 def test_timestamp_figures_measures_the_times_there_are():
     figures = rc.timestamp_figures([(0.9, 2.1), (3.2, None)], 5.0, [1.0, 2.0, 3.0, 4.5])
     assert figures["boundary_error_s"] == pytest.approx((0.1 + 0.1 + 0.2) / 3)
     assert rc.timestamp_figures([], 5.0, [1.0])["boundary_error_s"] is None
     assert rc.timestamp_figures([(0.5, 1.0)], 5.0, [])["boundary_error_s"] is None
+    assert rc.timestamp_figures([], 5.0, [1.0])["boundary_miss_s"] is None
 
 
 @pytest.mark.parametrize("bad", [
@@ -501,10 +515,11 @@ def test_report_card_end_to_end_on_tiny_models(tmp_path, capsys):
         lf = figures["longform"]
         assert lf["recordings"] == 1 and lf["seconds"] >= 30
         for decoder in ("app", "faster_whisper", "pipeline"):
-            assert {"wer", "cer", "loop_share", "words", "reference_words"} <= set(lf[decoder]), decoder
+            assert {"wer", "cer", "loop_share", "words", "reference_words", "words_share"} <= set(lf[decoder]), decoder
+            assert lf[decoder]["words_share"] == lf[decoder]["words"] / lf[decoder]["reference_words"]
             assert "outputs" not in lf[decoder]
         for decoder in ("faster_whisper", "pipeline"):
-            assert 0 <= lf[decoder]["timestamps_valid_share"] <= 1 and "boundary_error_s" in lf[decoder]
+            assert 0 <= lf[decoder]["timestamps_valid_share"] <= 1 and {"boundary_error_s", "boundary_miss_s"} <= set(lf[decoder])
         assert "timestamps_valid_share" not in lf["app"]
         ns = figures["nonspeech"]
         assert list(ns["per_clip"]) == list(nonspeech.KINDS) and ns["clips"] == len(nonspeech.KINDS)

@@ -14,8 +14,10 @@ run it. The card scores the base model and the tuned one on the same inputs:
   ``pipeline("automatic-speech-recognition", return_timestamps=True)`` (sequential 30 s windows).
   Per decoder: WER, the share of outputs with a repetition loop, whether every output's timestamps
   are valid (each segment has a start and an end, end >= start, starts never go back, everything
-  inside the audio), and the mean distance from each segment boundary a decoder gives to the
-  nearest true sentence boundary;
+  inside the audio), the mean distance from each segment boundary a decoder gives to the nearest
+  true sentence boundary, the same the other way round (from each true boundary to the nearest one
+  given: a decoder that writes one segment per 30 s window scores well on the first and badly on
+  this one), and the words written per reference word (deletions show as a share below 1);
 * **non-speech** - silence, noise colours, mains hum, tones, clicks and music-like signals
   (`nonspeech`) through faster-whisper's ``transcribe`` defaults with VAD off: the share of clips
   that get text, and the mean no-speech probability of the first 30 s window;
@@ -155,20 +157,23 @@ def has_loop(text: str) -> bool:
 
 
 def timestamp_figures(segments: list[tuple[float | None, float | None]], seconds: float, truth: list[float]) -> dict[str, Any]:
-    """``valid`` (every segment has start <= end, starts never go back, all inside the audio) and
-    ``boundary_error_s`` (mean distance of each start and end given to the nearest of `truth`)."""
+    """``valid`` (every segment has start <= end, starts never go back, all inside the audio),
+    ``boundary_error_s`` (mean distance of each start and end given to the nearest of `truth`) and
+    ``boundary_miss_s`` (mean distance of each of `truth` to the nearest start or end given: large
+    when a decoder gives few boundaries, e.g. one segment per 30 s window, which the first misses)."""
     valid = bool(segments)
     previous = 0.0
-    distances = []
+    given = []
     for start, end in segments:
         if start is None or end is None or not (0 <= start <= end <= seconds + TIMESTAMP_TOLERANCE_S) or start < previous - 1e-6:
             valid = False
         if start is not None:
             previous = max(previous, start)
-        for t in (start, end):
-            if t is not None and truth:
-                distances.append(min(abs(t - b) for b in truth))
-    return {"valid": valid, "boundary_error_s": float(np.mean(distances)) if distances else None}
+        given += [t for t in (start, end) if t is not None]
+    distances = [min(abs(t - b) for b in truth) for t in given] if truth else []
+    misses = [min(abs(b - t) for t in given) for b in truth] if given else []
+    return {"valid": valid, "boundary_error_s": float(np.mean(distances)) if distances else None,
+            "boundary_miss_s": float(np.mean(misses)) if misses else None}
 
 
 def _wer(refs: list[str], hyps: list[str]) -> dict[str, Any]:
@@ -317,11 +322,13 @@ def score_longform(model: ModelUnderTest, recordings: list[Recording], cfg: Repo
         entry = {**_wer(refs, hyps), "loop_share": sum(map(has_loop, hyps)) / len(hyps),
                  "words": sum(len(normalize_text(h).split()) for h in hyps),
                  "reference_words": sum(len(normalize_text(r).split()) for r in refs)}
+        entry["words_share"] = entry["words"] / entry["reference_words"] if entry["reference_words"] else None
         if outs[0]["segments"] is not None:
             stamps = [timestamp_figures(o["segments"], r.seconds, r.boundaries()) for o, r in zip(outs, recordings)]
-            errors = [s["boundary_error_s"] for s in stamps if s["boundary_error_s"] is not None]
-            entry |= {"timestamps_valid_share": sum(s["valid"] for s in stamps) / len(stamps),
-                      "boundary_error_s": float(np.mean(errors)) if errors else None}
+            entry["timestamps_valid_share"] = sum(s["valid"] for s in stamps) / len(stamps)
+            for key in ("boundary_error_s", "boundary_miss_s"):
+                values = [s[key] for s in stamps if s[key] is not None]
+                entry[key] = float(np.mean(values)) if values else None
         entry["outputs"] = outs
         figures[name] = entry
     figures["recordings"] = len(recordings)
@@ -439,7 +446,7 @@ def flat_rows(base: dict, tuned: dict) -> list[dict]:
     metrics += [(f"target {fam}", ("target", "families", fam, "wer")) for fam in sorted(get(tuned, ("target", "families")) or {})]
     metrics += [("parity", ("parity", k)) for k in ("wer_transformers", "wer_ct2_int8", "identical_share")]
     for decoder in ("app", "faster_whisper", "pipeline"):
-        for k in ("wer", "loop_share", "timestamps_valid_share", "boundary_error_s"):
+        for k in ("wer", "words_share", "loop_share", "timestamps_valid_share", "boundary_error_s", "boundary_miss_s"):
             metrics.append((f"long-form {decoder}", ("longform", decoder, k)))
     metrics += [("non-speech", ("nonspeech", k)) for k in ("with_text", "with_text_share", "no_speech_prob_mean")]
     metrics += [("other language", ("other_language", "wer"))]
@@ -621,7 +628,8 @@ def draw(card: dict, out: Path) -> Path:
     panels = [
         ("target language WER", [r for r in card["rows"] if r["section"].startswith("target") and r["metric"] == "wer"]),
         ("long-form WER", [r for r in card["rows"] if r["section"].startswith("long-form") and r["metric"] == "wer"]),
-        ("long-form boundary error (s)", [r for r in card["rows"] if r["metric"] == "boundary_error_s"]),
+        ("long-form boundaries: given to true, true to given (s)",
+         [r for r in card["rows"] if r["metric"] in ("boundary_error_s", "boundary_miss_s")]),
         ("non-speech / other language", [r for r in card["rows"] if (r["section"], r["metric"]) in
                                          (("non-speech", "with_text_share"), ("other language", "wer"), ("non-speech", "no_speech_prob_mean"))]),
     ]
