@@ -152,7 +152,7 @@ def beside_uploads(backend, recording: Recording, upload: Recording, cfg: LiveCo
         (result,), _ = run_sessions(backend, [recording], cfg)
     finally:
         stop.set()
-        scheduler.close()  # the upload in progress is dropped after its chunk
+        scheduler.close(wait_s=120)  # the upload in progress is dropped after its chunk, which ends first
         thread.join()
     return result, {"uploads_done": len(times), "upload_s": upload.seconds,
                     "upload_wall_s_median": round(float(np.median(times)), 2) if times else None}

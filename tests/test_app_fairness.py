@@ -124,6 +124,24 @@ def test_the_scheduler_refuses_audio_over_a_clients_allowance_and_frees_it_when_
         scheduler.close()
 
 
+def test_close_waits_for_the_chunk_in_progress_when_asked():
+    """A process that exits while a worker is inside the backend's decode can die in native code;
+    `close(wait_s)` returns once the chunk in progress is done and its worker has stopped."""
+    from whisper_sv.serving.scheduler import FairScheduler, Refused
+
+    gate = threading.Event()
+    fake = ChunkFake(gate=gate)
+    scheduler = FairScheduler(fake)
+    job = scheduler.submit(silence(30), "a")
+    assert fake.started.wait(30)
+    assert scheduler.close() is False  # no wait: the worker is still inside its chunk
+    threading.Timer(0.3, gate.set).start()
+    assert scheduler.close(wait_s=30) is True
+    assert fake.log == [10] and not any(t.is_alive() for t in threading.enumerate() if t.name.startswith("whisper-sv-asr"))
+    with pytest.raises(Refused):
+        job.result(5)
+
+
 # Through the app and gradio_client ----------------------------------------------------------------
 
 

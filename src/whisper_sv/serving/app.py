@@ -86,6 +86,8 @@ TITLE = "Svenska: tala, läs, fortsätt"
 # Transcription requests admitted to the scheduler at once (Gradio runs at most 40 events at once:
 # the rest stay free for /continue), and uploads decoded into memory at once.
 MAX_ADMITTED, LOADS_AT_ONCE = 32, 2
+# How long closing the app waits for the speech chunk being decoded (at most 30 s of audio).
+CLOSE_WAIT_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -207,7 +209,8 @@ def _blocks_class():
                 super().close(verbose)
             finally:
                 if self.scheduler is not None:
-                    self.scheduler.close()
+                    # the chunk in progress may end (a few seconds): exiting inside a decode can abort
+                    self.scheduler.close(wait_s=CLOSE_WAIT_S)
                 live, self.live_sessions = getattr(self, "live_sessions", None), None
                 if live is not None:
                     live.shutdown()

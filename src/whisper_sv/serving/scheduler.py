@@ -8,6 +8,7 @@ import itertools
 import logging
 import math
 import threading
+import time
 from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
 
@@ -120,8 +121,13 @@ class FairScheduler:
         """`submit` and wait for the transcript."""
         return self.submit(audio, client).result()
 
-    def close(self) -> None:
-        """Stop the workers after the chunks in progress; requests still queued get `Refused`."""
+    def close(self, wait_s: float = 0.0) -> bool:
+        """Stop the workers after the chunks in progress; requests still queued get `Refused`.
+
+        Waits up to `wait_s` seconds for those chunks to end; returns whether every worker has
+        stopped. A process that exits while a worker is inside the backend's decode can die in
+        native code ("terminate called without an active exception") instead of exiting cleanly.
+        """
         with self._cond:
             self._closed = True
             dropped, self._jobs = self._jobs, []
@@ -129,6 +135,11 @@ class FairScheduler:
         for job in dropped:
             self._release(job)
             _settle(job.future, error=Refused("The app stopped before this clip was transcribed: try again."))
+        deadline = time.monotonic() + wait_s
+        for thread in self._threads:
+            if thread is not threading.current_thread():
+                thread.join(max(0.0, deadline - time.monotonic()))
+        return not any(t.is_alive() for t in self._threads)
 
     def _release(self, job: _Job) -> None:
         """Stop counting `job`'s audio (once): before its future is settled, or when it is cancelled."""
