@@ -60,7 +60,20 @@ def test_collator_pads_with_each_clips_floor_and_masks_labels():
     assert feats.shape == (2, 80, 3000) and feats.dtype == np.float32
     assert (feats[0, :, :5] == 1).all() and (feats[0, :, 5:] == -0.5).all()
     assert (feats[1, :, 7:] == -1.25).all()
-    assert labels.tolist() == [[50312, 50359, 50363, 7, 50257], [50312, 50359, 50363, 50257, -100]]
+    pad = [-100] * 27  # to the label width's multiple of 32
+    assert labels.tolist() == [[50312, 50359, 50363, 7, 50257] + pad, [50312, 50359, 50363, 50257, -100] + pad]
+
+
+def test_label_widths_are_few_whatever_the_lengths():
+    """Every batch's label width is a multiple of 32, so a CPU's oneDNN makes kernels for a few
+    shapes, not one per label length (which grew a recipe training by gigabytes until it was killed)."""
+    widths = set()
+    for n in range(1, 200, 7):
+        rows = [{"input_features": np.zeros((80, 5), np.float16), "n_frames": 5, "pad_value": 0.0, "labels": [50258] + [7] * n + [50257]}]
+        labels = SpeechCollator(decoder_start_token_id=50258)(rows)["labels"]
+        assert labels.shape[1] >= n + 1 and (labels[0, n + 1:] == -100).all() and labels[0, n] == 50257
+        widths.add(labels.shape[1])
+    assert widths == {32, 64, 96, 128, 160, 192, 224}
 
 
 def _train_cmd(out, stores, **extra):

@@ -18,6 +18,14 @@ from ..models.decoding import window_frames
 from .encoder_cache import Readahead
 
 
+# Labels are padded to a multiple of this many tokens (the padding is -100, never a target). On a
+# CPU, oneDNN keeps the kernels (and weight layouts) it made for each new input shape: with the
+# recipe's stitched clips (up to ~200 tokens) nearly every batch had a new label length, and a
+# 30 s-window training grew by ~170 MB a step until the kernel killed it at step 287. A few widths
+# keep a few kernels.
+LABEL_MULTIPLE = 32
+
+
 @dataclass
 class SpeechCollator:
     """Batch feature-store rows for Seq2SeqTrainer.
@@ -25,7 +33,7 @@ class SpeechCollator:
     ``input_features``: (B, n_mels, 3000) float32, each clip padded with its own floor value,
     which reproduces WhisperFeatureExtractor. With an encoder window under 30 s (`window_s`,
     encoder_window.py) the batch is as wide as the app's backend would encode its longest clip:
-    that clip + 1 s, at least `window_s` (`decoding.window_frames`). ``labels``: (B, L) int64, padding masked with -100;
+    that clip + 1 s, at least `window_s` (`decoding.window_frames`). ``labels``: (B, L) int64, L the longest row rounded up to `LABEL_MULTIPLE`, padding masked with -100;
     the leading ``<|startoftranscript|>`` is dropped because the model prepends it when it shifts
     the labels right (the transformers speech recipe does the same).
 
@@ -53,11 +61,12 @@ class SpeechCollator:
         import torch
 
         labels = [np.asarray(r["labels"], dtype=np.int64) for r in rows]
-        batch = torch.full((len(labels), max(map(len, labels))), -100, dtype=torch.long)
+        if all(len(ids) and ids[0] == self.decoder_start_token_id for ids in labels):
+            labels = [ids[1:] for ids in labels]
+        width = -(-max(map(len, labels)) // LABEL_MULTIPLE) * LABEL_MULTIPLE
+        batch = torch.full((len(labels), width), -100, dtype=torch.long)
         for i, ids in enumerate(labels):
             batch[i, : len(ids)] = torch.from_numpy(ids)
-        if bool((batch[:, 0] == self.decoder_start_token_id).all()):
-            batch = batch[:, 1:]
         targets = self._nospeech_targets(batch)
         if "cache_row" in rows[0]:
             cache_rows = [int(r["cache_row"]) for r in rows]
