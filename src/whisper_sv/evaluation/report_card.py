@@ -618,6 +618,10 @@ def markdown(card: dict) -> str:
     return "\n".join(lines)
 
 
+SHORT = {"boundary_error_s": "given to true", "boundary_miss_s": "true to given", "with_text_share": "with text",
+         "no_speech_prob_mean": "no-speech prob."}  # tick labels that fit under a bar
+
+
 def draw(card: dict, out: Path) -> Path:
     """Base against tuned, one panel a section (WERs and shares in %, boundary errors in s)."""
     import matplotlib
@@ -642,7 +646,8 @@ def draw(card: dict, out: Path) -> Path:
             values = [scale * (r[key] if isinstance(r[key], (int, float)) else math.nan) for r in rows]
             bars = ax.bar(x + offset, values, 0.38, label=key, color=colour)
             ax.bar_label(bars, fmt="%.2f" if seconds else "%.0f", fontsize=7)
-        ax.set_xticks(x, [f"{r['section'].replace('long-form ', '').replace('target ', '')}\n{r['metric']}" for r in rows], fontsize=7)
+        ax.set_xticks(x, [f"{r['section'].replace('long-form ', '').replace('target ', '')}\n{SHORT.get(r['metric'], r['metric'])}"
+                          for r in rows], fontsize=6)
         ax.set_title(title, fontsize=9)
         ax.set_ylabel("s" if seconds else "%")
     axes[0].legend(frameon=False, fontsize=8)
