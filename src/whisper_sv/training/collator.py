@@ -21,8 +21,8 @@ from .encoder_cache import Readahead
 # Labels are padded to a multiple of this many tokens (the padding is -100, never a target). On a
 # CPU, oneDNN keeps the kernels (and weight layouts) it made for each new input shape: with the
 # recipe's stitched clips (up to ~200 tokens) nearly every batch had a new label length, and a
-# 30 s-window training grew by ~170 MB a step until the kernel killed it at step 287. A few widths
-# keep a few kernels.
+# 30 s-window training grew by ~170 MB a step until Linux's out-of-memory killer stopped it at step
+# 287. A few widths keep a few sets of kernels.
 LABEL_MULTIPLE = 32
 
 
