@@ -130,11 +130,97 @@ def test_the_recipe_rows_are_the_same_on_a_second_run(recipe_store, sv_corpus, e
     assert first == second
 
 
+@pytest.fixture(scope="module")
+def prompted_store(sv_corpus, en_corpus, tmp_path_factory):
+    """The recipe store's config with every stitched clip prompted."""
+    out = tmp_path_factory.mktemp("prompted") / "train"
+    config = FeatureConfig(shard_size=SHARD, recipe={**RECIPE, "replay_source": f"cv:{en_corpus}", "prompt_share": 1.0})
+    build_features(f"cv:{sv_corpus}", "train", out, config, workers=1, progress=False)
+    return out
+
+
+def test_prompted_clips_start_with_earlier_text_and_are_the_unprompted_clips_after_it(recipe_store, prompted_store, tokenizer):
+    ids = tokenizer.convert_tokens_to_ids
+    prev, sot, begin = ids("<|startofprev|>"), ids("<|startoftranscript|>"), ids("<|0.00|>")
+    plain = {r.clip_id: r for r in _rows(recipe_store, "stitched-")}
+    prompted = _rows(prompted_store, "stitched-")
+    assert len(prompted) == len(plain) and all("-p" in r.clip_id for r in prompted)
+    sentences = {r.sentence.strip() for r in _rows(recipe_store, "common_voice_")}
+    for row in prompted:
+        unprompted = plain[row.clip_id.replace("-p", "")]
+        labels = list(row.labels)
+        at = labels.index(sot)
+        assert labels[0] == prev and 2 <= at <= 1 + 160
+        # After the prompt: the row the store without prompts holds, with the same audio.
+        assert labels[at:] == list(unprompted.labels)
+        assert np.array_equal(row.input_features, unprompted.input_features)
+        # The prompt is the latest tokens of other clips' sentences: it ends with a whole sentence
+        # of the shard that is not in this row. With timestamps when the row has them: a start and
+        # an end around each sentence, rising within a window.
+        prompt = labels[1:at]
+        text = tokenizer.decode([t for t in prompt if t < begin], skip_special_tokens=True).strip()
+        last = [s for s in sentences if text.endswith(s)]
+        assert last and not any(s in row.sentence for s in last), (text, row.sentence)
+        stamps = [(t - begin) * 0.02 for t in prompt if t >= begin]
+        assert bool(stamps) == row.clip_id.endswith("-ts")
+        if stamps:
+            assert prompt[-1] >= begin and all(0 <= t <= 30 for t in stamps)
+            pairs = list(zip(stamps[-2::-2], stamps[::-2]))  # (start, end) of each sentence, newest first
+            assert all(start < end for start, end in pairs)
+    # Prompts of every length up to the cap: not one fixed size the model could learn.
+    assert len({list(r.labels).index(sot) for r in prompted}) > 3
+
+
+def test_a_store_without_prompts_keeps_its_config_and_bytes(recipe_store, sv_corpus, en_corpus, tmp_path):
+    saved = json.loads((recipe_store / "feature_config.json").read_text())
+    assert "prompt_share" not in saved["recipe"] and "prompt_max_tokens" not in saved["recipe"]
+    config = FeatureConfig(shard_size=SHARD, recipe={**RECIPE, "replay_source": f"cv:{en_corpus}", "prompt_share": 0.0})
+    build_features(f"cv:{sv_corpus}", "train", tmp_path / "zero", config, workers=1, progress=False)
+    assert (tmp_path / "zero" / "manifest.jsonl").read_text() == (recipe_store / "manifest.jsonl").read_text()
+
+
+def test_a_prompted_row_is_read_not_written(prompted_store, tokenizer):
+    """The collator's decoder inputs for a prompted row are the prompt, sot, language, task and text;
+    its targets start after sot (-100 over the prompt), beside a plain and a non-speech row; a tiny
+    Whisper gets a finite loss from the batch."""
+    import torch
+    from transformers import WhisperConfig, WhisperForConditionalGeneration
+
+    ids = tokenizer.convert_tokens_to_ids
+    sot, eot = ids("<|startoftranscript|>"), ids("<|endoftext|>")
+    row = _rows(prompted_store, "stitched-")[0]
+    speech, silent = _rows(prompted_store, "common_voice_")[0], _rows(prompted_store, "nonspeech-")[0]
+    collate = SpeechCollator(sot, nospeech_token_id=nospeech_token_id(tokenizer), prev_token_id=ids("<|startofprev|>"),
+                             pad_token_id=eot)
+    as_dict = lambda r: {"labels": r.labels, "n_frames": r.n_frames, "pad_value": r.pad_value, "input_features": r.input_features}  # noqa: E731
+    batch = collate([as_dict(speech), as_dict(row), as_dict(silent)])
+    labels, decoder = batch["labels"].tolist(), batch["decoder_input_ids"].tolist()
+    stored = list(row.labels)
+    at = stored.index(sot)
+    assert decoder[1][: len(stored) - 1] == stored[:-1]
+    assert labels[1][:at] == [-100] * at and labels[1][at : len(stored) - 1] == stored[at + 1 :]
+    assert labels[1][at] == ids("<|sv|>")  # the first target: the language, read after the prompt
+    # The plain row is shifted as the model would shift it; the non-speech row keeps its two targets.
+    n = len(speech.labels)
+    assert decoder[0][:n - 1] == list(speech.labels[:-1]) and labels[0][: n - 1] == list(speech.labels[1:])
+    assert labels[2][:4] == [nospeech_token_id(tokenizer), ids("<|transcribe|>"), ids("<|notimestamps|>"), eot]
+    assert batch["labels"].shape == batch["decoder_input_ids"].shape and batch["labels"].shape[1] % 32 == 0
+    tiny = WhisperForConditionalGeneration(WhisperConfig(
+        vocab_size=len(tokenizer), d_model=32, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
+        decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64, num_mel_bins=80, max_target_positions=448))
+    with torch.no_grad():
+        loss = tiny(input_features=batch["input_features"], decoder_input_ids=batch["decoder_input_ids"], labels=batch["labels"]).loss
+    assert torch.isfinite(loss)
+
+
 @pytest.mark.parametrize("bad, words", [
     ({"stiched_share": 0.3}, "did you mean 'stitched_share'"),
     ({"timestamp_share": 2}, "timestamp_share"),
     ({"replay_share": 0.1}, "needs replay_source"),
     ({"stitch_max_s": 40}, "stitch_max_s"),
+    ({"prompt_share": 0.5}, "set stitched_share too"),
+    ({"stitched_share": 0.3, "prompt_share": 1.5}, "prompt_share"),
+    ({"stitched_share": 0.3, "prompt_share": 0.5, "prompt_max_tokens": 300}, "prompt_max_tokens"),
 ])
 def test_a_bad_recipe_is_refused_in_one_line(bad, words):
     with pytest.raises(Exception, match=words):

@@ -13,6 +13,12 @@ showing it, in the same store the plain clips are in:
   long audio: ``<|sot|><|sv|><|transcribe|><|0.32|> Text.<|2.46|><|3.10|> Text.<|5.02|><|eot|>``
   (distil-whisper trains about half its samples with timestamps); the rest carry
   ``<|notimestamps|>`` and the joined text. Plain clips keep ``<|notimestamps|>``.
+* **prompted stitched clips** (`prompt_share`): faster-whisper's defaults (and openai-whisper's)
+  decode a long recording window by window and prompt each window with what they wrote before:
+  ``<|startofprev|> earlier text <|sot|><|sv|>...``. A model that never saw a prompt in training
+  writes a few words after one and stops. This share of the stitched clips is prompted the same way
+  with the text of the shard's clips before them (with timestamps when the clip has them, as
+  faster-whisper's prompt has them when it decodes with timestamps); the prompt is never a target.
 * **non-speech clips** (`nonspeech_share`): silence, noise, hum, tones, clicks and music-like
   signals (`nonspeech.training_clip`) labelled with Whisper's no-speech target: the token after
   ``<|startoftranscript|>`` is ``<|nospeech|>`` (what the no-speech probability reads), and after the
@@ -41,6 +47,8 @@ from ..common.errors import UserError, check_field_types, with_closest
 
 SAMPLE_RATE = 16000
 MIN_STITCHED = 2  # sentences in a stitched clip, at least
+MAX_DECODER_TOKENS = 448  # Whisper's decoder positions: prompt, prefix, text and eot together
+MAX_PROMPT_TOKENS = 223  # what faster-whisper and openai-whisper send at most (448 // 2 - 1)
 
 
 @dataclass(frozen=True)
@@ -52,6 +60,10 @@ class Recipe:
     stitch_max_s: float = 28.0  # longest stitched clip, seconds (Whisper's window is 30)
     # Share of the stitched clips labelled with timestamp tokens; the rest get <|notimestamps|>.
     timestamp_share: float = 0.5
+    # Share of the stitched clips prompted with earlier text (<|startofprev|> ...), as faster-whisper's
+    # condition_on_previous_text prompts each window with the windows before it.
+    prompt_share: float = 0.0
+    prompt_max_tokens: int = 160  # longest prompt, tokens (faster-whisper sends at most 223)
     nonspeech_share: float = 0.0  # non-speech clips (no-speech target) added per plain clip
     # Another language's source (cv:PATH, e.g. a `synth --language en` corpus) whose clips are
     # replayed with their own text and language token; null: none.
@@ -68,6 +80,13 @@ class Recipe:
                 raise ValueError(f"recipe {name}={getattr(self, name)}: use 0 to 4 (rows added per plain clip)")
         if not 0 <= self.timestamp_share <= 1:
             raise ValueError(f"recipe timestamp_share={self.timestamp_share}: a share in [0, 1]")
+        if not 0 <= self.prompt_share <= 1:
+            raise ValueError(f"recipe prompt_share={self.prompt_share}: a share of the stitched clips in [0, 1]")
+        if self.prompt_share and not self.stitched_share:
+            raise ValueError("recipe prompt_share prompts stitched clips: set stitched_share too")
+        if not 1 <= self.prompt_max_tokens <= MAX_PROMPT_TOKENS:
+            raise ValueError(f"recipe prompt_max_tokens={self.prompt_max_tokens}: use 1 to {MAX_PROMPT_TOKENS} "
+                             "(Whisper's decoders send at most half its 448 positions)")
         if not 5 <= self.stitch_max_s <= 29:
             raise ValueError(f"recipe stitch_max_s={self.stitch_max_s}: use 5 to 29 s (room for a pause in Whisper's 30 s)")
         if self.replay_share and not self.replay_source:
@@ -87,7 +106,11 @@ class Recipe:
         return cls(**value)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        # Written only when prompts are on, so a store made before they existed keeps its config.
+        if not self.prompt_share:
+            del d["prompt_share"], d["prompt_max_tokens"]
+        return d
 
     @property
     def adds_rows(self) -> bool:
@@ -106,6 +129,7 @@ class Tokens:
     timestamp_begin: int  # <|0.00|>
     nospeech: int
     replay_language: int | None = None
+    prev: int | None = None  # <|startofprev|>, which opens a prompt
 
     @classmethod
     def of(cls, tokenizer, language: str, task: str, replay_language: str | None) -> "Tokens":
@@ -115,7 +139,8 @@ class Tokens:
         return cls(sot=ids("<|startoftranscript|>"), language=ids(f"<|{whisper_language(language)}|>"), task=ids(f"<|{task}|>"),
                    notimestamps=ids("<|notimestamps|>"), eot=ids("<|endoftext|>"), timestamp_begin=ids("<|0.00|>"),
                    nospeech=nospeech_token_id(tokenizer),
-                   replay_language=ids(f"<|{whisper_language(replay_language)}|>") if replay_language else None)
+                   replay_language=ids(f"<|{whisper_language(replay_language)}|>") if replay_language else None,
+                   prev=ids("<|startofprev|>"))
 
     def nospeech_labels(self) -> list[int]:
         """The stored row of a non-speech clip (the collator makes its two targets of it)."""
@@ -167,6 +192,8 @@ def stitched_rows(index: int, clips: list[tuple[np.ndarray, str, list[int], list
     if n == 0 or len(clips) < MIN_STITCHED:
         return []
     rng = np.random.default_rng([recipe.seed, index, 11])
+    # The prompts draw from a generator of their own: a store without prompts is the store it was.
+    prompt_rng = np.random.default_rng([recipe.seed, index, 17]) if recipe.prompt_share else None
     trimmed = [trim_silence(c[0]) for c in clips]
     rows = []
     for j in range(n):
@@ -195,10 +222,45 @@ def stitched_rows(index: int, clips: list[tuple[np.ndarray, str, list[int], list
             # follow a space: the same ids the tokenizer gives the joined text.
             body = text_ids(clips[picked[0]][2]) + [t for i in picked[1:] for t in clips[i][3]]
             labels = [tok.sot, tok.language, tok.task, tok.notimestamps, *body, tok.eot]
+        prompted = False
+        if prompt_rng is not None and prompt_rng.uniform() < recipe.prompt_share:
+            budget = min(int(prompt_rng.integers(16, recipe.prompt_max_tokens + 1)), MAX_DECODER_TOKENS - 1 - len(labels))
+            prompt = previous_text(clips, trimmed, start, set(picked), with_timestamps, tok.timestamp_begin, budget, prompt_rng)
+            if prompt and tok.prev is not None:
+                labels, prompted = [tok.prev, *prompt, *labels], True
         sentence = " ".join(clips[i][1].strip() for i in picked)
-        rows.append(ExtraRow(f"stitched-{index:05d}-{j:03d}{'-ts' if with_timestamps else ''}", sentence, audio, labels,
-                             clips[picked[0]][4], segments))
+        name = f"stitched-{index:05d}-{j:03d}{'-p' if prompted else ''}{'-ts' if with_timestamps else ''}"
+        rows.append(ExtraRow(name, sentence, audio, labels, clips[picked[0]][4], segments))
     return rows
+
+
+def previous_text(clips: list[tuple], trimmed: list[np.ndarray], before: int, skip: set[int], with_timestamps: bool,
+                  timestamp_begin: int, budget: int, rng: np.random.Generator) -> list[int]:
+    """A prompt's text: the shard's clips before clip `before` (newest last, none of `skip`), the
+    latest `budget` tokens of them, as faster-whisper prompts a window with the text of the windows
+    before it. `with_timestamps`: each sentence between timestamp tokens of its own 30 s window
+    (``<|1.20|> Text.<|3.40|><|4.00|> More.<|6.10|>``), as a decode with timestamps writes them."""
+    if budget < 1:
+        return []
+    chosen, n = [], 0
+    for k in range(before - 1, before - 1 - len(clips), -1):
+        i = k % len(clips)
+        if i in skip:
+            continue
+        chosen.insert(0, i)
+        n += len(clips[i][3]) + 2 * with_timestamps
+        if n >= budget:
+            break
+    if not with_timestamps:
+        return [t for i in chosen for t in clips[i][3]][-budget:]
+    segments, t = [], float(rng.uniform(0, 1))
+    for i in chosen:
+        seconds = len(trimmed[i]) / SAMPLE_RATE
+        if t + seconds > 30:  # the next window: its times start again
+            t = 0.0
+        segments.append(Segment(t, min(t + seconds, 30.0), ""))
+        t += seconds + float(rng.uniform(0.2, 1.0))
+    return timestamp_labels([], segments, [clips[i][3] for i in chosen], timestamp_begin, -1)[:-1][-budget:]
 
 
 def nonspeech_rows(index: int, n_plain: int, extras: ShardExtras) -> list[ExtraRow]:

@@ -45,6 +45,11 @@ class SpeechCollator:
     notimestamps, eot``); other rows' decoder inputs are their labels shifted right, as the model
     would make them.
 
+    A prompted row (the recipe's `prompt_share`) is stored as ``startofprev, prompt..., sot, lang,
+    task, ..., eot``: its decoder inputs are all of it but the eot, and its targets start at the
+    token after ``sot`` (-100 over ``startofprev`` and the prompt: the model learns to read a
+    prompt, not to write one). A batch holding one also gives ``decoder_input_ids``.
+
     Rows that carry a ``cache_row`` (training on a frozen encoder's cache, encoder_cache.py) give
     ``cache_rows`` instead of ``input_features``: the collator may run in a DataLoader worker, so
     it only names the rows (and starts reading them with `readahead`); the trainer turns them into
@@ -55,19 +60,19 @@ class SpeechCollator:
     readahead: Readahead | None = None
     window_s: float = CHUNK_LENGTH
     nospeech_token_id: int | None = None  # rows whose first target is this are non-speech rows
+    prev_token_id: int | None = None  # <|startofprev|>: rows that start with it are prompted
     pad_token_id: int = 50257  # what -100 becomes in decoder inputs (Whisper pads with <|endoftext|>)
 
     def __call__(self, rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
         import torch
 
         labels = [np.asarray(r["labels"], dtype=np.int64) for r in rows]
-        if all(len(ids) and ids[0] == self.decoder_start_token_id for ids in labels):
-            labels = [ids[1:] for ids in labels]
-        width = -(-max(map(len, labels)) // LABEL_MULTIPLE) * LABEL_MULTIPLE
-        batch = torch.full((len(labels), width), -100, dtype=torch.long)
-        for i, ids in enumerate(labels):
-            batch[i, : len(ids)] = torch.from_numpy(ids)
-        targets = self._nospeech_targets(batch)
+        if any(self._explicit(ids) for ids in labels):
+            targets = self._explicit_targets(labels)
+        else:  # the usual batch: labels alone, and the model shifts them into its decoder inputs
+            if all(len(ids) and ids[0] == self.decoder_start_token_id for ids in labels):
+                labels = [ids[1:] for ids in labels]
+            targets = {"labels": self._padded(labels, -100)}
         if "cache_row" in rows[0]:
             cache_rows = [int(r["cache_row"]) for r in rows]
             if self.readahead is not None:
@@ -80,20 +85,40 @@ class SpeechCollator:
         mask = torch.ones(features.shape[0], features.shape[-1], dtype=torch.long)
         return {"input_features": features, "attention_mask": mask, **targets}
 
-    def _nospeech_targets(self, labels):
-        """``{"labels"}``, or with non-speech rows ``{"labels", "decoder_input_ids"}`` (see the class)."""
+    def _explicit(self, ids: np.ndarray) -> bool:
+        """Whether a stored row needs decoder inputs other than its labels shifted right: a
+        non-speech row (``sot, nospeech, ...``) or a prompted one (``startofprev, ...``)."""
+        prompted = self.prev_token_id is not None and len(ids) > 0 and ids[0] == self.prev_token_id
+        silent = (self.nospeech_token_id is not None and len(ids) > 2 and ids[0] == self.decoder_start_token_id
+                  and ids[1] == self.nospeech_token_id)
+        return prompted or silent
+
+    def _explicit_targets(self, labels: list[np.ndarray]) -> dict[str, Any]:
+        """``{"labels", "decoder_input_ids"}``, row by row (see the class)."""
+        inputs, targets = [], []
+        for ids in labels:
+            if self.prev_token_id is not None and len(ids) and ids[0] == self.prev_token_id:
+                sot = int(np.flatnonzero(ids == self.decoder_start_token_id)[0])
+                inputs.append(ids[:-1])
+                targets.append(np.concatenate([np.full(sot, -100, dtype=np.int64), ids[sot + 1 :]]))
+            elif self._explicit(ids):  # sot, nospeech, lang, task, notimestamps, eot
+                inputs.append(np.concatenate([ids[:1], ids[2:-1]]))  # the forced prompt: sot, lang, task, notimestamps
+                targets.append(np.concatenate([ids[1:2], ids[3:]]))  # nospeech, then task, notimestamps, eot
+            elif len(ids) and ids[0] == self.decoder_start_token_id:
+                inputs.append(ids[:-1])
+                targets.append(ids[1:])
+            else:  # labels without their sot: the model would prepend it
+                inputs.append(np.concatenate([[self.decoder_start_token_id], ids[:-1]]).astype(np.int64))
+                targets.append(ids)
+        return {"labels": self._padded(targets, -100), "decoder_input_ids": self._padded(inputs, self.pad_token_id)}
+
+    @staticmethod
+    def _padded(rows: list[np.ndarray], value: int):
+        """(B, L) int64, L the longest row rounded up to `LABEL_MULTIPLE`, filled with `value`."""
         import torch
 
-        silent = (labels[:, 0] == self.nospeech_token_id) if self.nospeech_token_id is not None else None
-        if silent is None or not bool(silent.any()) or labels.shape[1] < 3:
-            return {"labels": labels}
-        labels = labels.clone()
-        language = labels[silent, 1].clone()
-        # nospeech, lang, task, notimestamps, eot -> nospeech, task, notimestamps, eot (-100 after)
-        labels[silent, 1:-1] = labels[silent, 2:].clone()
-        labels[silent, -1] = -100
-        start = torch.full((labels.shape[0], 1), self.decoder_start_token_id, dtype=labels.dtype)
-        decoder = torch.cat([start, labels[:, :-1]], dim=1)
-        decoder = decoder.masked_fill(decoder == -100, self.pad_token_id)
-        decoder[silent, 1] = language  # the forced prompt: sot, lang, task, notimestamps
-        return {"labels": labels, "decoder_input_ids": decoder}
+        width = -(-max(map(len, rows)) // LABEL_MULTIPLE) * LABEL_MULTIPLE
+        batch = torch.full((len(rows), width), value, dtype=torch.long)
+        for i, ids in enumerate(rows):
+            batch[i, : len(ids)] = torch.from_numpy(np.asarray(ids, dtype=np.int64))
+        return batch

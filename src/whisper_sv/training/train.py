@@ -287,6 +287,7 @@ def train(cfg: TrainConfig, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
         eval_dataset=eval_ds,
         data_collator=SpeechCollator(model.config.decoder_start_token_id, readahead, cfg.encoder_window_s,
                                      nospeech_token_id=nospeech_token_id(processor.tokenizer),
+                                     prev_token_id=processor.tokenizer.convert_tokens_to_ids("<|startofprev|>"),
                                      pad_token_id=model.config.pad_token_id),
         compute_metrics=compute_metrics,
         processing_class=processor,
