@@ -200,6 +200,32 @@ def test_one_session_over_the_cap_is_refused_with_a_message_and_a_closed_one_fre
     assert sessions.running == 1 and sessions.open(Scripted("d"))
 
 
+def test_shutdown_waits_for_the_decode_in_progress_when_asked(speech_is_speech):
+    """The app's close waits (a bounded time) for a live decode in progress: exiting inside the
+    backend's native decode can abort the process."""
+    import threading
+
+    started, release = threading.Event(), threading.Event()
+
+    class Slow(Scripted):
+        def decode(self, chunks):
+            started.set()
+            release.wait(10)
+            return super().decode(chunks)
+
+    for wait_s, stopped in ((0.0, False), (10.0, True)):
+        started.clear(), release.clear()
+        sessions = LiveSessions(LiveConfig())
+        session = sessions.open(Slow("ett två"))
+        sessions.executor.submit(feed, session, np.concatenate([quiet(0.5), tone(2.0)]))
+        assert started.wait(10)
+        timer = threading.Timer(0.3, release.set)
+        timer.start()
+        assert sessions.shutdown(wait_s=wait_s) is stopped
+        timer.join()
+        assert sessions.shutdown(wait_s=10.0)  # it ends either way: the feed in progress, then no more
+
+
 def test_bad_settings_are_refused():
     for bad in ({"step_s": 0.01}, {"pause_ms": 10}, {"max_buffer_s": 40}, {"max_sessions": 0}, {"context_s": 40}):
         with pytest.raises(ValueError):

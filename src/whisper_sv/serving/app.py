@@ -213,7 +213,7 @@ def _blocks_class():
                     self.scheduler.close(wait_s=CLOSE_WAIT_S)
                 live, self.live_sessions = getattr(self, "live_sessions", None), None
                 if live is not None:
-                    live.shutdown()
+                    live.shutdown(wait_s=CLOSE_WAIT_S)  # the same for a live decode in progress
                 folder, self.upload_folder = self.upload_folder, None
                 if folder is not None:
                     release_upload_folder(folder.path)

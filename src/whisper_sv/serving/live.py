@@ -355,9 +355,19 @@ class LiveSessions:
         with self._lock:
             self._open.discard(id(session))
 
-    def shutdown(self) -> None:
-        """Stop the decode threads (the app closes): decodes in progress finish, new ones are refused."""
+    def shutdown(self, wait_s: float = 0.0) -> bool:
+        """Stop the decode threads (the app closes): decodes in progress finish, new ones are refused.
+
+        Waits up to `wait_s` seconds for those decodes; returns whether every decode thread has
+        stopped. A process that exits while a thread is inside the backend's decode can die in native
+        code ("terminate called without an active exception") instead of exiting cleanly."""
         self.executor.shutdown(wait=False, cancel_futures=True)
+        deadline = time.monotonic() + wait_s
+        threads = list(self.executor._threads)  # the pool's own workers (no public handle on them)
+        for thread in threads:
+            if thread is not threading.current_thread():
+                thread.join(max(0.0, deadline - time.monotonic()))
+        return not any(t.is_alive() for t in threads)
 
     @property
     def running(self) -> int:
