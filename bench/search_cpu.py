@@ -43,7 +43,7 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
     from whisper_sv.data.feature_config import FeatureConfig
-    from whisper_sv.demo import DemoConfig, demo_corpus_config
+    from whisper_sv.demo import DemoConfig, _demo_recipe, demo_corpus_config, english_corpus_config
     from whisper_sv.evaluation.evaluate import evaluate
     from whisper_sv.features.build import build_features
     from whisper_sv.search.study import load_search_config, search
@@ -52,8 +52,12 @@ def main() -> None:
     demo = DemoConfig()
     t0 = time.time()
     synthesize(demo.corpus, demo_corpus_config(demo), demo.workers)
+    synthesize(demo.english_corpus, english_corpus_config(demo), demo.workers)  # the recipe's replay
     for split in ("train", "dev", "test"):
-        build_features(f"cv:{demo.corpus}", split, Path(demo.features) / split, FeatureConfig(), demo.workers)
+        # the demo's own stores (its recipe in train), so `make demo` and this bench share them; the
+        # search's 15 s windows leave the recipe's stitched clips out (train says how many)
+        config = FeatureConfig(recipe=_demo_recipe(demo) if split == "train" else None)
+        build_features(f"cv:{demo.corpus}", split, Path(demo.features) / split, config, demo.workers)
     prepared = time.time()
     cfg = load_search_config(args.config, {"trials": args.trials} if args.trials else None)
     outcome = search(cfg)

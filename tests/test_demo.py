@@ -42,7 +42,8 @@ def test_the_demo_runs_to_its_table_without_a_repeated_warning(tmp_path):
     figure = tmp_path / "demo.png"
     args = [sys.executable, "-m", "whisper_sv.demo", "--corpus", str(tmp_path / "corpus"), "--features", str(tmp_path / "features"),
             "--clips", "40", "--seed", "1", "--preset", str(_tiny_preset(tmp_path)), "--eval-clips", "8", "--figure", str(figure),
-            "--report-card", "false"]  # 4 test clips: too little speech for a long-form recording
+            "--report-card", "false",  # 4 test clips: too little speech for a long-form recording
+            "--recipe", "null"]  # the plain loop (the recipe has a test of its own below)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONWARNINGS"}  # what a user sees: Python's default filters
     proc = subprocess.run(args, capture_output=True, text=True, env=env, timeout=900)
     output = proc.stdout + proc.stderr
@@ -58,6 +59,18 @@ def test_the_demo_runs_to_its_table_without_a_repeated_warning(tmp_path):
     assert groups[0] == "all" and "espeak" in groups and "mbrola" in groups and "mbrola-sw2 (unseen)" in groups
     assert summary["after"]["window_s"] == 15 and figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "mbrola-sw2 (unseen)" in output  # the table is printed too
+
+
+def test_the_demo_trains_with_the_measured_recipe_unless_told_not_to():
+    """`make demo` exports a model that breaks nothing the card checks: the recipe is on, prompts
+    included (without them faster-whisper's defaults lose most of every window after the first)."""
+    from whisper_sv.data.recipe import Recipe
+    from whisper_sv.demo import DemoConfig, _demo_recipe
+
+    recipe = Recipe.parse(_demo_recipe(DemoConfig()))
+    assert recipe.stitched_share and recipe.prompt_share and recipe.nonspeech_share and recipe.replay_share
+    assert recipe.replay_source == f"cv:{DemoConfig.english_corpus}"
+    assert _demo_recipe(DemoConfig(recipe=None)) is None
 
 
 def test_table_rows_give_each_family_and_the_unseen_speaker():
