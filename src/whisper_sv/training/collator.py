@@ -85,23 +85,28 @@ class SpeechCollator:
         mask = torch.ones(features.shape[0], features.shape[-1], dtype=torch.long)
         return {"input_features": features, "attention_mask": mask, **targets}
 
+    def _prompted(self, ids: np.ndarray) -> bool:
+        """A prompted row: ``startofprev, prompt..., sot, ...``."""
+        return self.prev_token_id is not None and len(ids) > 0 and ids[0] == self.prev_token_id
+
+    def _silent(self, ids: np.ndarray) -> bool:
+        """A non-speech row: ``sot, nospeech, lang, task, notimestamps, eot``."""
+        return (self.nospeech_token_id is not None and len(ids) > 2 and ids[0] == self.decoder_start_token_id
+                and ids[1] == self.nospeech_token_id)
+
     def _explicit(self, ids: np.ndarray) -> bool:
-        """Whether a stored row needs decoder inputs other than its labels shifted right: a
-        non-speech row (``sot, nospeech, ...``) or a prompted one (``startofprev, ...``)."""
-        prompted = self.prev_token_id is not None and len(ids) > 0 and ids[0] == self.prev_token_id
-        silent = (self.nospeech_token_id is not None and len(ids) > 2 and ids[0] == self.decoder_start_token_id
-                  and ids[1] == self.nospeech_token_id)
-        return prompted or silent
+        """Whether a stored row needs decoder inputs other than its labels shifted right."""
+        return self._prompted(ids) or self._silent(ids)
 
     def _explicit_targets(self, labels: list[np.ndarray]) -> dict[str, Any]:
         """``{"labels", "decoder_input_ids"}``, row by row (see the class)."""
         inputs, targets = [], []
         for ids in labels:
-            if self.prev_token_id is not None and len(ids) and ids[0] == self.prev_token_id:
+            if self._prompted(ids):
                 sot = int(np.flatnonzero(ids == self.decoder_start_token_id)[0])
                 inputs.append(ids[:-1])
                 targets.append(np.concatenate([np.full(sot, -100, dtype=np.int64), ids[sot + 1 :]]))
-            elif self._explicit(ids):  # sot, nospeech, lang, task, notimestamps, eot
+            elif self._silent(ids):
                 inputs.append(np.concatenate([ids[:1], ids[2:-1]]))  # the forced prompt: sot, lang, task, notimestamps
                 targets.append(np.concatenate([ids[1:2], ids[3:]]))  # nospeech, then task, notimestamps, eot
             elif len(ids) and ids[0] == self.decoder_start_token_id:
