@@ -51,6 +51,7 @@ from ..audio.io import SAMPLE_RATE
 from ..common.metrics import normalize_text
 from ..common.options import option
 from ..models.decoding import MAX_COMPRESSION_RATIO, compression_ratio
+from .scheduler import join_threads
 
 
 @dataclass(frozen=True)
@@ -362,12 +363,7 @@ class LiveSessions:
         stopped. A process that exits while a thread is inside the backend's decode can die in native
         code ("terminate called without an active exception") instead of exiting cleanly."""
         self.executor.shutdown(wait=False, cancel_futures=True)
-        deadline = time.monotonic() + wait_s
-        threads = list(self.executor._threads)  # the pool's own workers (no public handle on them)
-        for thread in threads:
-            if thread is not threading.current_thread():
-                thread.join(max(0.0, deadline - time.monotonic()))
-        return not any(t.is_alive() for t in threads)
+        return join_threads(self.executor._threads, wait_s)  # the pool's own workers (no public handle on them)
 
     @property
     def running(self) -> int:

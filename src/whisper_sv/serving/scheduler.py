@@ -135,11 +135,7 @@ class FairScheduler:
         for job in dropped:
             self._release(job)
             _settle(job.future, error=Refused("The app stopped before this clip was transcribed: try again."))
-        deadline = time.monotonic() + wait_s
-        for thread in self._threads:
-            if thread is not threading.current_thread():
-                thread.join(max(0.0, deadline - time.monotonic()))
-        return not any(t.is_alive() for t in self._threads)
+        return join_threads(self._threads, wait_s)
 
     def _release(self, job: _Job) -> None:
         """Stop counting `job`'s audio (once): before its future is settled, or when it is cancelled."""
@@ -208,3 +204,12 @@ def _settle(future: Future, result=None, error: BaseException | None = None) -> 
         pass
 
 
+def join_threads(threads, wait_s: float) -> bool:
+    """Wait up to `wait_s` seconds in all for `threads` to end (never for the calling thread);
+    returns whether every one has ended."""
+    threads = list(threads)
+    deadline = time.monotonic() + wait_s
+    for thread in threads:
+        if thread is not threading.current_thread():
+            thread.join(max(0.0, deadline - time.monotonic()))
+    return not any(t.is_alive() for t in threads)
