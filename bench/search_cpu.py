@@ -42,10 +42,9 @@ def main() -> None:
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-    from whisper_sv.data.feature_config import FeatureConfig
-    from whisper_sv.demo import DemoConfig, _demo_recipe, demo_corpus_config, english_corpus_config
+    from whisper_sv.models.specs import DEFAULT_MODEL
+    from whisper_sv.demo import DemoConfig, build_demo_stores, demo_corpus_config, english_corpus_config
     from whisper_sv.evaluation.evaluate import evaluate
-    from whisper_sv.features.build import build_features
     from whisper_sv.search.study import load_search_config, search
     from whisper_sv.synth.corpus import synthesize
 
@@ -53,11 +52,9 @@ def main() -> None:
     t0 = time.time()
     synthesize(demo.corpus, demo_corpus_config(demo), demo.workers)
     synthesize(demo.english_corpus, english_corpus_config(demo), demo.workers)  # the recipe's replay
-    for split in ("train", "dev", "test"):
-        # the demo's own stores (its recipe in train), so `make demo` and this bench share them; the
-        # search's 15 s windows leave the recipe's stitched clips out (train says how many)
-        config = FeatureConfig(recipe=_demo_recipe(demo) if split == "train" else None)
-        build_features(f"cv:{demo.corpus}", split, Path(demo.features) / split, config, demo.workers)
+    # the demo's own stores (its recipe in train), so `make demo` and this bench share them; the
+    # search's 15 s windows leave the recipe's stitched clips out (train says how many)
+    build_demo_stores(demo, DEFAULT_MODEL)
     prepared = time.time()
     cfg = load_search_config(args.config, {"trials": args.trials} if args.trials else None)
     outcome = search(cfg)

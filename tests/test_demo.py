@@ -65,12 +65,12 @@ def test_the_demo_trains_with_the_measured_recipe_unless_told_not_to():
     """`make demo` exports a model that breaks nothing the card checks: the recipe is on, prompts
     included (without them faster-whisper's defaults lose most of every window after the first)."""
     from whisper_sv.data.recipe import Recipe
-    from whisper_sv.demo import DemoConfig, _demo_recipe
+    from whisper_sv.demo import DemoConfig, demo_recipe
 
-    recipe = Recipe.parse(_demo_recipe(DemoConfig()))
+    recipe = Recipe.parse(demo_recipe(DemoConfig()))
     assert recipe.stitched_share and recipe.prompt_share and recipe.nonspeech_share and recipe.replay_share
     assert recipe.replay_source == f"cv:{DemoConfig.english_corpus}"
-    assert _demo_recipe(DemoConfig(recipe=None)) is None
+    assert demo_recipe(DemoConfig(recipe=None)) is None
 
 
 def test_table_rows_give_each_family_and_the_unseen_speaker():

@@ -110,7 +110,7 @@ def run_demo(cfg: DemoConfig | None = None) -> dict:
     def done(name: str):
         seconds[name] = round(time.perf_counter() - seconds[name], 1)
 
-    recipe = _demo_recipe(cfg)
+    recipe = demo_recipe(cfg)
     if recipe and recipe.get("stitched_share") and train_cfg.encoder_window_s < 30:
         print(f"recipe: stitched clips fill Whisper's 30 s window: training on 30 s windows, not {train_cfg.encoder_window_s:g}")
         train_cfg = replace(train_cfg, encoder_window_s=30.0)
@@ -124,9 +124,7 @@ def run_demo(cfg: DemoConfig | None = None) -> dict:
     done("corpus")
 
     stage("features", f"features -> {cfg.features}/{{train,dev,test}}")
-    for split in ("train", "dev", "test"):
-        config = FeatureConfig(model=train_cfg.model, recipe=recipe if split == "train" else None)
-        build_features(f"cv:{cfg.corpus}", split, Path(cfg.features) / split, config, cfg.workers)
+    build_demo_stores(cfg, train_cfg.model)
     done("features")
 
     test_store = str(Path(cfg.features) / "test")
@@ -186,7 +184,7 @@ def run_demo(cfg: DemoConfig | None = None) -> dict:
     return summary
 
 
-def _demo_recipe(cfg: DemoConfig) -> dict | None:
+def demo_recipe(cfg: DemoConfig) -> dict | None:
     """The demo's recipe with its replay source filled in (the demo's English corpus)."""
     if not cfg.recipe:
         return None
@@ -194,6 +192,15 @@ def _demo_recipe(cfg: DemoConfig) -> dict | None:
     if recipe.get("replay_share") and not recipe.get("replay_source"):
         recipe["replay_source"] = f"cv:{cfg.english_corpus}"
     return recipe
+
+
+def build_demo_stores(cfg: DemoConfig, model: str) -> None:
+    """The feature stores of the demo's corpus (resumable): train with the demo's recipe, dev and
+    test plain. The benchmarks that share the demo's stores build them with this too."""
+    recipe = demo_recipe(cfg)
+    for split in ("train", "dev", "test"):
+        config = FeatureConfig(model=model, recipe=recipe if split == "train" else None)
+        build_features(f"cv:{cfg.corpus}", split, Path(cfg.features) / split, config, cfg.workers)
 
 
 def english_corpus_config(cfg: DemoConfig) -> SynthConfig:
