@@ -42,6 +42,11 @@ def _rows(store, prefix):
     return [r for r in FeatureStore(store).rows() if r.clip_id.startswith(prefix)]
 
 
+def _collatable(row) -> dict:
+    """A store row as the trainer's dataset hands it to the collator."""
+    return {"labels": row.labels, "n_frames": row.n_frames, "pad_value": row.pad_value, "input_features": row.input_features}
+
+
 def test_the_store_holds_each_ingredient_in_its_share(recipe_store):
     rows = list(FeatureStore(recipe_store).rows())
     plain = [r for r in rows if r.clip_id.startswith("common_voice_")]
@@ -100,8 +105,7 @@ def test_a_non_speech_row_trains_the_no_speech_token_and_an_empty_transcript(rec
                                                           ids("<|transcribe|>"), ids("<|notimestamps|>"), ids("<|endoftext|>")]
     speech = _rows(recipe_store, "common_voice_")[0]
     collate = SpeechCollator(ids("<|startoftranscript|>"), nospeech_token_id=nospeech, pad_token_id=ids("<|endoftext|>"))
-    as_dict = lambda r: {"labels": r.labels, "n_frames": r.n_frames, "pad_value": r.pad_value, "input_features": r.input_features}  # noqa: E731
-    batch = collate([as_dict(speech), as_dict(rows[0])])
+    batch = collate([_collatable(speech), _collatable(rows[0])])
     labels, decoder = batch["labels"][1].tolist(), batch["decoder_input_ids"][1].tolist()
     assert labels[:4] == [nospeech, ids("<|transcribe|>"), ids("<|notimestamps|>"), ids("<|endoftext|>")]
     assert decoder[:4] == ids(["<|startoftranscript|>", "<|sv|>", "<|transcribe|>", "<|notimestamps|>"])
@@ -109,7 +113,7 @@ def test_a_non_speech_row_trains_the_no_speech_token_and_an_empty_transcript(rec
     n = len(speech.labels) - 1
     assert batch["decoder_input_ids"][0, 1:n].tolist() == batch["labels"][0, : n - 1].tolist()
     # Without a non-speech row the batch is what it always was: labels alone.
-    assert "decoder_input_ids" not in collate([as_dict(speech)])
+    assert "decoder_input_ids" not in collate([_collatable(speech)])
 
 
 def test_replayed_clips_carry_their_own_language(recipe_store, tokenizer, en_corpus):
@@ -192,8 +196,7 @@ def test_a_prompted_row_is_read_not_written(prompted_store, tokenizer):
     speech, silent = _rows(prompted_store, "common_voice_")[0], _rows(prompted_store, "nonspeech-")[0]
     collate = SpeechCollator(sot, nospeech_token_id=nospeech_token_id(tokenizer), prev_token_id=ids("<|startofprev|>"),
                              pad_token_id=eot)
-    as_dict = lambda r: {"labels": r.labels, "n_frames": r.n_frames, "pad_value": r.pad_value, "input_features": r.input_features}  # noqa: E731
-    batch = collate([as_dict(speech), as_dict(row), as_dict(silent)])
+    batch = collate([_collatable(speech), _collatable(row), _collatable(silent)])
     labels, decoder = batch["labels"].tolist(), batch["decoder_input_ids"].tolist()
     stored = list(row.labels)
     at = stored.index(sot)
